@@ -1,0 +1,65 @@
+"""The interface every training method implements; the loop in w2svd.training.loop drives it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from w2svd.training.config import TrainConfig
+
+
+class Method:
+    """A training method: what is trained, on which batches, with which losses, and what it exports.
+
+    The loop calls, per step, ``loss(phase, batch)`` for each phase in ``phases(step)``, then
+    backward and the optimiser of that phase. ``loss`` must leave the module ready for backward
+    (e.g. the trained LoRA adapter active), since autograd reads ``requires_grad`` at backward time.
+    """
+
+    name: str = ""
+    config_class: type = object
+
+    def __init__(self, cfg: Any, train: TrainConfig, device: torch.device) -> None:
+        self.cfg, self.train_cfg, self.device = cfg, train, device
+
+    def param_groups(self) -> dict[str, tuple[list[torch.nn.Parameter], float]]:
+        """phase -> (parameters, learning rate)."""
+        raise NotImplementedError
+
+    def phases(self, step: int) -> list[str]:
+        return list(self.param_groups())
+
+    def batch(self, step: int) -> dict:
+        """The batch for ``step``: a pure function of (run seed, step), so resume needs no loader state."""
+        raise NotImplementedError
+
+    def loss(self, phase: str, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Every trained tensor (what a checkpoint must hold besides optimisers and RNG)."""
+        raise NotImplementedError
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> None:
+        """Set train/eval mode of the owned modules."""
+
+    def validate(self, step: int, out_dir: Path) -> dict[str, float]:
+        """Optional: write validation samples under out_dir and return scalar metrics to log."""
+        return {}
+
+    def export(self, out_dir: Path) -> None:
+        """Write the inference artifact (diffusers folder, LoRA, or weights file) into out_dir."""
+        raise NotImplementedError
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls

@@ -1,0 +1,65 @@
+"""The one training config: shared loop settings plus a ``method`` section chosen by name."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from w2svd.config import ConfigError
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max grad norm; 0 disables clipping
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine
+    min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr
+
+    def validate(self) -> None:
+        if self.schedule not in ("constant", "cosine"):
+            raise ConfigError(f"optim.schedule={self.schedule!r} must be 'constant' or 'cosine'")
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr={self.lr} must be > 0")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    num_frames: int = 9
+    size: int = 64
+    seed: int = 0  # dataset seed (which clips); the run seed drives batch order and noise
+
+    def validate(self) -> None:
+        if self.num_frames < 1 or (self.num_frames - 1) % 4:
+            raise ConfigError(f"data.num_frames={self.num_frames} must be 4k+1 (1, 5, 9, ...)")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    method: dict[str, Any]  # {name: <registered method>, ...that method's fields}
+    output_dir: str = "runs/default"
+    seed: int = 0
+    max_steps: int = 1000
+    batch_size: int = 16
+    checkpoint_every: int = 500
+    checkpoints_total_limit: int = 2
+    log_every: int = 10
+    validate_every: int = 0  # 0: only at the end
+    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate)
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+
+    def validate(self) -> None:
+        if "name" not in self.method:
+            raise ConfigError("config.method needs a 'name' (e.g. method: {name: vae})")
+        for key in ("max_steps", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config.{key}={getattr(self, key)} must be >= 1")
+        if self.checkpoints_total_limit < 1:
+            raise ConfigError(f"config.checkpoints_total_limit={self.checkpoints_total_limit} must be >= 1")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ConfigError(f"config.mixed_precision={self.mixed_precision!r} must be 'no', 'bf16' or 'fp16'")

@@ -1,0 +1,171 @@
+"""The one training loop: every method (features, VAE, teacher, W2SVD, DMD, LCM) runs through it."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from w2svd.config import ConfigError, from_dict
+from w2svd.methods import METHODS, Method
+from w2svd.training.checkpoint import load_latest, save_checkpoint, set_rng_state
+from w2svd.training.config import OptimConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite; the run stops and the last checkpoint stays valid."""
+
+
+def resolve_method(cfg: TrainConfig) -> tuple[type[Method], object]:
+    """The method class named by ``cfg.method.name`` and its checked config, without building models."""
+    args = dict(cfg.method)
+    name = args.pop("name")
+    if name not in METHODS:
+        raise ConfigError(f"config.method.name={name!r} is not a known method; valid: {sorted(METHODS)}")
+    cls = METHODS[name]
+    return cls, from_dict(cls.config_class, args, f"config.method({name})")
+
+
+def build_method(cfg: TrainConfig, device: torch.device) -> Method:
+    cls, mcfg = resolve_method(cfg)
+    return cls(mcfg, cfg, device)
+
+
+def lr_lambda(optim: OptimConfig, max_steps: int):
+    def f(step: int) -> float:
+        if optim.warmup_steps and step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        if optim.schedule == "cosine":
+            progress = (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps)
+            return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    return f
+
+
+def check_output_dir(out: Path) -> None:
+    """Fail before any work if the run folder cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"output_dir {str(out)!r} is not writable ({e}); choose another with output_dir=PATH") from e
+
+
+def write_resolved_config(cfg: TrainConfig, out: Path) -> None:
+    path = out / "config.yaml"
+    text = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+    if path.is_file() and path.read_text() != text:
+        log.warning(
+            "config differs from the one this run folder was started with; saving the old one as config.prev.yaml"
+        )
+        path.replace(out / "config.prev.yaml")
+    path.write_text(text)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Train (or resume) the run in ``cfg.output_dir``; export the method's artifact there; return the folder."""
+    out = Path(cfg.output_dir)
+    check_output_dir(out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out))
+    set_seed(cfg.seed)
+    method = build_method(cfg, accelerator.device)
+    write_resolved_config(cfg, out)
+    groups = method.param_groups()
+    optimizers, schedulers = {}, {}
+    for phase, (params, lr) in groups.items():
+        o = cfg.optim
+        optimizers[phase] = torch.optim.AdamW(params, lr=lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        schedulers[phase] = torch.optim.lr_scheduler.LambdaLR(optimizers[phase], lr_lambda(o, cfg.max_steps))
+
+    start = 0
+    found = load_latest(out / "checkpoints")
+    if found is not None:
+        tensors, state, path = found
+        method.load_trainable_state(tensors)
+        for phase in optimizers:
+            optimizers[phase].load_state_dict(state["optimizers"][phase])
+            schedulers[phase].load_state_dict(state["schedulers"][phase])
+        set_rng_state(state["rng"])
+        start = int(state["step"])
+        log.info("resumed from %s at step %d", path, start)
+
+    def checkpoint(step: int) -> None:
+        state = {
+            "optimizers": {k: v.state_dict() for k, v in optimizers.items()},
+            "schedulers": {k: v.state_dict() for k, v in schedulers.items()},
+        }
+        save_checkpoint(out / "checkpoints", step, method.trainable_state(), state, cfg.checkpoints_total_limit)
+
+    accelerator.init_trackers("logs")
+    method.train(True)
+    bar = tqdm(total=cfg.max_steps, initial=start, desc=f"{method.name}", disable=not progress, dynamic_ncols=True)
+    step = start
+    t0 = time.perf_counter()
+    try:
+        while step < cfg.max_steps:
+            batch = method.batch(step)
+            logs: dict[str, float] = {}
+            for phase in method.phases(step):
+                loss, terms = method.loss(phase, batch)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"step {step}: loss of phase {phase!r} is {loss.item()} (terms {terms}); "
+                        f"the last checkpoint in {out / 'checkpoints'} is kept; lower the learning rate or check data"
+                    )
+                accelerator.backward(loss)
+                params = groups[phase][0]
+                if cfg.optim.grad_clip > 0:
+                    logs[f"{phase}/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
+                optimizers[phase].step()
+                schedulers[phase].step()
+                optimizers[phase].zero_grad(set_to_none=True)
+                logs[f"{phase}/loss"] = float(loss.detach())
+                logs[f"{phase}/lr"] = schedulers[phase].get_last_lr()[0]
+                logs.update(terms)
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                logs["time/steps_per_s"] = (step - start) / (time.perf_counter() - t0)
+                accelerator.log(logs, step=step)
+                bar.set_postfix({k.split("/")[0]: f"{v:.4g}" for k, v in logs.items() if k.endswith("/loss")})
+            if cfg.validate_every and step % cfg.validate_every == 0 and step < cfg.max_steps:
+                run_validation(method, accelerator, out, step)
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+                checkpoint(step)
+    except KeyboardInterrupt:
+        if step > start:
+            checkpoint(step)
+            log.warning("interrupted: saved a checkpoint at step %d; re-run the same command to resume", step)
+        raise
+    finally:
+        bar.close()
+    run_validation(method, accelerator, out, step)
+    method.train(False)
+    method.export(out)
+    accelerator.end_training()
+    return out
+
+
+def run_validation(method: Method, accelerator: Accelerator, out: Path, step: int) -> None:
+    method.train(False)
+    with torch.no_grad():
+        metrics = method.validate(step, out / "validation")
+    if metrics:
+        accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
+        log.info("step %d validation: %s", step, metrics)
+    method.train(True)
