@@ -8,6 +8,7 @@ from w2svd.data.dataset import (
     heldout_examples,
     labels_of,
     render_examples,
+    step_batch,
     tensor_to_video,
     video_to_tensor,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "render_clip",
     "render_examples",
     "sample_portrait",
+    "step_batch",
     "tensor_to_video",
     "video_to_tensor",
     "vocabulary",

@@ -85,3 +85,14 @@ def render_examples(examples: list[Example], num_frames: int = 9, size: int = 64
 def labels_of(examples: list[Example]) -> np.ndarray:
     """(N, len(ATTRIBUTE_NAMES)) int array of ground-truth class indices."""
     return np.array([ex.portrait.as_tuple() for ex in examples], dtype=np.int64).reshape(-1, len(ATTRIBUTE_NAMES))
+
+
+def step_batch(dataset: Dataset, seed: int, step: int, batch_size: int) -> dict:
+    """The batch for a training step: a pure function of (seed, step), so a resumed run sees the same data."""
+    rng = np.random.default_rng([seed, step, 0xDA7A])
+    items = [dataset[int(i)] for i in rng.integers(len(dataset), size=batch_size)]
+    return {
+        "video": torch.stack([it["video"] for it in items]),  # (B, 3, F, H, W)
+        "prompt": [it["prompt"] for it in items],
+        "labels": torch.stack([it["labels"] for it in items]),  # (B, A)
+    }

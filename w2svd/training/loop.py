@@ -142,7 +142,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 logs["time/steps_per_s"] = (step - start) / (time.perf_counter() - t0)
                 accelerator.log(logs, step=step)
-                bar.set_postfix({k.split("/")[0]: f"{v:.4g}" for k, v in logs.items() if k.endswith("/loss")})
+                losses = {k.split("/")[0]: f"{v:.4g}" for k, v in logs.items() if k.endswith("/loss")}
+                bar.set_postfix(losses)
+                if not progress:  # keep a readable trace in log files
+                    log.info("step %d/%d %s %.2f steps/s", step, cfg.max_steps, losses, logs["time/steps_per_s"])
             if cfg.validate_every and step % cfg.validate_every == 0 and step < cfg.max_steps:
                 run_validation(method, accelerator, out, step)
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
