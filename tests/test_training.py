@@ -1,0 +1,129 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY_TEXT, TINY_TRANSFORMER, TINY_VAE
+from w2svd.config import from_dict
+from w2svd.training.checkpoint import list_checkpoints, load_latest
+from w2svd.training.config import TrainConfig
+from w2svd.training.loop import NonFiniteLossError, build_method, train
+
+
+def vae_cfg(out, **kw) -> TrainConfig:
+    data = {
+        "method": {"name": "vae", "model": TINY_VAE, "crop": 16, "val_clips": 2, "scale_clips": 4},
+        "output_dir": str(out),
+        "max_steps": 4,
+        "batch_size": 2,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "data": {"num_frames": 5, "size": 32},
+        "optim": {"lr": 1e-3},
+    }
+    data.update(kw)
+    return from_dict(TrainConfig, data)
+
+
+def teacher_cfg(out, vae_dir, cache, **kw) -> TrainConfig:
+    data = {
+        "method": {
+            "name": "flow_matching",
+            "vae": str(vae_dir),
+            "text": TINY_TEXT,
+            "transformer": TINY_TRANSFORMER,
+            "cache_dir": str(cache),
+            "cache_clips": 16,
+            "val_prompts": 2,
+            "val_steps": 2,
+        },
+        "output_dir": str(out),
+        "max_steps": 2,
+        "batch_size": 4,
+        "checkpoint_every": 1,
+        "log_every": 1,
+        "data": {"num_frames": 5, "size": 32},
+        "optim": {"lr": 1e-3},
+    }
+    data.update(kw)
+    return from_dict(TrainConfig, data)
+
+
+def test_vae_run_exports_and_resume_matches_uninterrupted(tmp_path):
+    full = train(vae_cfg(tmp_path / "full"), progress=False)
+    assert (full / "vae" / "config.json").is_file() and (full / "config.yaml").is_file()
+    report = json.loads((full / "vae_report.json").read_text())
+    assert report["latent_shape"] == [4, 2, 8, 8]
+    # Stop after 2 steps, then re-run the same command to 4: same weights as the uninterrupted run.
+    train(vae_cfg(tmp_path / "split", max_steps=2), progress=False)
+    train(vae_cfg(tmp_path / "split"), progress=False)
+    a = load_file(list_checkpoints(full / "checkpoints")[-1] / "trainable.safetensors")
+    b = load_file(list_checkpoints(tmp_path / "split" / "checkpoints")[-1] / "trainable.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoints_are_pruned_and_corrupt_ones_skipped(tmp_path):
+    out = train(vae_cfg(tmp_path / "r", checkpoints_total_limit=2, checkpoint_every=1), progress=False)
+    ckpts = list_checkpoints(out / "checkpoints")
+    assert [c.name for c in ckpts] == ["checkpoint-00000003", "checkpoint-00000004"]
+    with open(ckpts[-1] / "trainable.safetensors", "r+b") as f:
+        f.seek(200)
+        f.write(b"garbage!")
+    _, state, path = load_latest(out / "checkpoints")
+    assert path == ckpts[0] and state["step"] == 3
+
+
+def test_teacher_runs_and_exports_a_loadable_pipeline(tmp_path, tiny_vae_dir):
+    out = train(teacher_cfg(tmp_path / "t", tiny_vae_dir, tmp_path / "cache"), progress=False)
+    folder = out / "pipeline"
+    assert (folder / "model_index.json").is_file()
+    assert json.loads((folder / "generation_defaults.json").read_text())["num_inference_steps"] == 28
+    assert list((out / "validation").glob("*.png"))
+    from diffusers import HunyuanVideoPipeline
+
+    pipe = HunyuanVideoPipeline.from_pretrained(folder)
+    assert pipe.transformer.config.in_channels == 4
+
+
+def test_teacher_loss_is_finite_and_falls_on_a_fixed_batch(tmp_path, tiny_vae_dir):
+    cfg = teacher_cfg(tmp_path / "t", tiny_vae_dir, tmp_path / "cache", optim={"lr": 3e-3})
+    method = build_method(cfg, torch.device("cpu"))
+    params, lr = method.param_groups()["transformer"]
+    opt = torch.optim.AdamW(params, lr=lr)
+    batch = method.batch(0)
+    losses = []
+    for _ in range(20):
+        torch.manual_seed(0)  # same noise and timesteps each time: a pure fit of one batch
+        loss, _ = method.loss("transformer", batch)
+        assert torch.isfinite(loss)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_nonfinite_loss_stops_with_step_and_phase(tmp_path):
+    cfg = vae_cfg(tmp_path / "nan", optim={"lr": 1e-3})
+    method_cls = __import__("w2svd.methods.vae", fromlist=["VAEMethod"]).VAEMethod
+    original = method_cls.loss
+
+    def bad_loss(self, phase, batch):
+        loss, terms = original(self, phase, batch)
+        return loss * float("nan"), terms
+
+    method_cls.loss = bad_loss
+    try:
+        with pytest.raises(NonFiniteLossError, match="step 0: loss of phase 'vae' is nan"):
+            train(cfg, progress=False)
+    finally:
+        method_cls.loss = original
+
+
+def test_unwritable_output_dir_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match="not writable.*output_dir=PATH"):
+        train(vae_cfg(blocker / "run"), progress=False)
