@@ -62,7 +62,15 @@ TINY_TRANSFORMER = {
     "pooled_projection_dim": 8,
     "rope_axes_dim": [2, 2, 4],
 }
-TINY_DEFAULTS = {"height": 32, "width": 32, "num_frames": 5, "fps": 8, "num_inference_steps": 28, "guidance_scale": 1.0, "flow_shift": 3.0}
+TINY_DEFAULTS = {
+    "height": 32,
+    "width": 32,
+    "num_frames": 5,
+    "fps": 8,
+    "num_inference_steps": 28,
+    "guidance_scale": 1.0,
+    "flow_shift": 3.0,
+}
 
 
 @pytest.fixture(scope="session")

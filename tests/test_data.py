@@ -58,7 +58,7 @@ def test_captions_name_every_attribute():
         assert any(w in text for w in BACKGROUND[p.label("background")])
         assert any(w in text for w in HAIR_COLOUR[p.label("hair_colour")])
         assert any(w in text for w in MOTION[p.label("motion")])
-        assert ("glass" in text or "spectacles" in text)
+        assert "glass" in text or "spectacles" in text
     texts = {caption(sample_portrait(rng), rng) for _ in range(50)}
     assert len(texts) == 50  # not a fixed template
 

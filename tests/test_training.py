@@ -2,9 +2,9 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_TEXT, TINY_TRANSFORMER, TINY_VAE
 from safetensors.torch import load_file
 
-from conftest import TINY_TEXT, TINY_TRANSFORMER, TINY_VAE
 from w2svd.config import from_dict
 from w2svd.training.checkpoint import list_checkpoints, load_latest
 from w2svd.training.config import TrainConfig

@@ -47,4 +47,6 @@ def resolve(name_or_path: str | os.PathLike, kind: str = "base") -> Path:
             "or pass a local folder"
         ) from e
     except (HfHubHTTPError, OSError) as e:
-        raise ModelNotFoundError(f"could not fetch Hub repo {name!r}: {e}; check the network or pass a local folder") from e
+        raise ModelNotFoundError(
+            f"could not fetch Hub repo {name!r}: {e}; check the network or pass a local folder"
+        ) from e

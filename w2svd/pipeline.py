@@ -14,6 +14,7 @@ from diffusers import DiffusionPipeline
 
 from w2svd.backbones import Backbone, backbone_for
 from w2svd.hub import resolve
+from w2svd.lora import check_lora_fits, lora_file, read_metadata
 from w2svd.sampling import get_sigmas, sample_euler, sample_renoise
 
 MAX_SEED = 2**32
@@ -63,16 +64,69 @@ def load_base(name_or_path: str = "embedded", device: str | None = None, dtype: 
     return pipe, GenerationDefaults.from_folder(folder)
 
 
+ADAPTER = "w2svd"
+
+
 class VideoGenerator:
-    """Few-step and many-step sampling of one backbone from identical initial noise per seed."""
+    """Few-step (distilled LoRA) and many-step (base) sampling from identical initial noise per seed."""
 
     def __init__(self, pipe, defaults: GenerationDefaults) -> None:
         self.pipe, self.defaults = pipe, defaults
         self.backbone: Backbone = backbone_for(pipe)
+        self.lora_meta: dict | None = None  # set by load_lora
 
     @classmethod
-    def from_pretrained(cls, base: str = "embedded", device: str | None = None, dtype=None) -> VideoGenerator:
-        return cls(*load_base(base, device, dtype))
+    def from_pretrained(
+        cls, base: str = "embedded", lora: str | None = None, device: str | None = None, dtype=None
+    ) -> VideoGenerator:
+        gen = cls(*load_base(base, device, dtype))
+        if lora:
+            gen.load_lora(lora)
+        return gen
+
+    # ---- the distilled LoRA -------------------------------------------------------------------
+    def load_lora(self, name_or_path: str) -> dict:
+        """Load a distilled LoRA ('embedded', folder, file or Hub id); return its w2svd metadata."""
+        path = lora_file(resolve(name_or_path, "lora"))
+        meta = read_metadata(path)
+        if not meta.get("sigmas_by_steps"):
+            raise ValueError(f"{path} has no w2svd metadata (sigmas_by_steps); was it exported by w2svd?")
+        check_lora_fits(self.pipe.transformer, path)
+        if self.lora_meta is not None:
+            self.pipe.delete_adapters(ADAPTER)
+        self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER, use_safetensors=True)
+        self.lora_meta = meta
+        return meta
+
+    @property
+    def few_step_options(self) -> list[int]:
+        return sorted(int(k) for k in (self.lora_meta or {}).get("sigmas_by_steps", {}))
+
+    def few_step(self, prompts: list[str], seeds: list[int], steps: int | None = None, **kw) -> GenerationResult:
+        """Sample with the distilled LoRA on the sigma list it was trained for."""
+        if self.lora_meta is None:
+            raise RuntimeError("no distilled LoRA loaded: call load_lora(...) or pass lora= to from_pretrained")
+        table = self.lora_meta["sigmas_by_steps"]
+        steps = int(steps or self.lora_meta.get("default_steps", self.few_step_options[0]))
+        if str(steps) not in table:
+            raise ValueError(f"this LoRA supports {self.few_step_options} steps, not {steps}")
+        self.pipe.enable_lora()
+        self.pipe.set_adapters([ADAPTER], [1.0])
+        guidance = float(self.lora_meta.get("guidance_scale", self.defaults.guidance_scale))
+        sigmas = torch.tensor(table[str(steps)], dtype=torch.float32)
+        return self.generate(
+            prompts, seeds, sigmas=sigmas, renoise=bool(self.lora_meta.get("renoise", True)), guidance=guidance, **kw
+        )
+
+    def baseline(self, prompts: list[str], seeds: list[int], steps: int | None = None, **kw) -> GenerationResult:
+        """The base model alone (LoRA disabled), Euler at its native step count."""
+        if self.lora_meta is not None:
+            self.pipe.disable_lora()
+        try:
+            return self.generate(prompts, seeds, steps=steps, **kw)
+        finally:
+            if self.lora_meta is not None:
+                self.pipe.enable_lora()
 
     # ---- input checks -------------------------------------------------------------------------
     def check_prompt(self, prompt: str) -> str:

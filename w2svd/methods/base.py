@@ -38,6 +38,9 @@ class Method:
     def loss(self, phase: str, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
+    def after_step(self, phase: str) -> None:
+        """Called after each optimiser step of ``phase`` (EMA updates, counters)."""
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Every trained tensor (what a checkpoint must hold besides optimisers and RNG)."""
         raise NotImplementedError

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -17,15 +16,15 @@ from diffusers import (
     HunyuanVideoPipeline,
     HunyuanVideoTransformer3DModel,
 )
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
-from w2svd.backbones import Cond, backbone_for
+from w2svd.backbones import backbone_for
 from w2svd.config import ConfigError
 from w2svd.data import PortraitDataset
+from w2svd.losses import FlowMatchingLoss, NoiseLevels
 from w2svd.methods.base import Method, register
 from w2svd.models.text import build_clip_tokenizer, build_llama_tokenizer, build_text_encoders, caption_corpus
-from w2svd.sampling import get_sigmas, sample_euler, shift_sigmas
+from w2svd.sampling import get_sigmas, sample_euler
+from w2svd.training import latent_cache
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +33,7 @@ log = logging.getLogger(__name__)
 class FlowMatchingConfig:
     base: str = ""  # pipeline folder whose components (and transformer, if no `transformer` given) are reused
     vae: str = ""  # VAE folder, when building the embedded pipeline from parts
+    vae_init: dict[str, Any] = dataclasses.field(default_factory=dict)  # or kwargs of a random VAE (tests)
     text: dict[str, Any] = dataclasses.field(default_factory=dict)  # {llama: {...}, clip: {...}, seed, vocab_size}
     transformer: dict[str, Any] = dataclasses.field(default_factory=dict)  # kwargs for a new transformer
     shift: float = 3.0  # flow shift for training timesteps and the saved scheduler
@@ -45,8 +45,8 @@ class FlowMatchingConfig:
     generation: dict[str, Any] = dataclasses.field(default_factory=dict)  # written to generation_defaults.json
 
     def validate(self) -> None:
-        if not self.base and not (self.vae and self.text):
-            raise ConfigError("method needs either `base` (a pipeline folder) or both `vae` and `text` to build one")
+        if not self.base and not ((self.vae or self.vae_init) and self.text):
+            raise ConfigError("method needs either `base` (a pipeline folder) or `vae` (or `vae_init`) and `text`")
         if not self.base and not self.transformer:
             raise ConfigError("method.transformer (model kwargs) is required when no `base` pipeline is given")
         if not 0 <= self.caption_dropout < 1:
@@ -62,7 +62,7 @@ def build_embedded_pipeline(cfg: FlowMatchingConfig) -> HunyuanVideoPipeline:
     llama, clip = build_text_encoders(
         len(tok), len(tok2), tok2.eos_token_id, text.get("llama", {}), text.get("clip", {}), int(text.get("seed", 0))
     )
-    vae = AutoencoderKLHunyuanVideo.from_pretrained(cfg.vae)
+    vae = AutoencoderKLHunyuanVideo.from_pretrained(cfg.vae) if cfg.vae else AutoencoderKLHunyuanVideo(**cfg.vae_init)
     torch.manual_seed(int(text.get("seed", 0)))
     transformer = HunyuanVideoTransformer3DModel(**cfg.transformer)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=cfg.shift)
@@ -96,55 +96,12 @@ class FlowMatchingMethod(Method):
         self.backbone = backbone_for(self.pipe)
         self.transformer = self.pipe.transformer
         self.transformer.requires_grad_(True)
+        self.objective = FlowMatchingLoss(NoiseLevels(cfg.shift))
         for m in (self.pipe.vae, self.pipe.text_encoder, self.pipe.text_encoder_2):
             m.requires_grad_(False).eval()
-        self.cache = self._load_or_build_cache()
-
-    # ---- data cache -------------------------------------------------------------------------
-    def _cache_path(self) -> Path:
-        d = self.train_cfg.data
-        vae_sd = self.pipe.vae.state_dict()
-        h = hashlib.sha256()
-        for k in sorted(vae_sd)[:8]:
-            h.update(vae_sd[k].float().numpy().tobytes()[:4096])
-        key = json.dumps(
-            [self.cfg.text, self.cfg.base, self.cfg.cache_clips, d.num_frames, d.size, d.seed], sort_keys=True
-        )
-        h.update(key.encode())
-        return Path(self.cfg.cache_dir) / f"latents-{h.hexdigest()[:16]}.safetensors"
-
-    @torch.no_grad()
-    def _load_or_build_cache(self) -> dict[str, torch.Tensor]:
-        path = self._cache_path()
-        if path.is_file():
-            log.info("using latent cache %s", path)
-            return load_file(path)
-        d = self.train_cfg.data
+        d = train.data
         data = PortraitDataset("train", seed=d.seed, num_frames=d.num_frames, size=d.size)
-        latents, conds = [], []
-        chunk = 32
-        for i in tqdm(range(0, self.cfg.cache_clips, chunk), desc="caching latents", dynamic_ncols=True):
-            items = [data[j] for j in range(i, min(i + chunk, self.cfg.cache_clips))]
-            video = torch.stack([it["video"] for it in items]).to(self.device)
-            latents.append(self.backbone.encode_video(video).half().cpu())
-            conds.append(self.backbone.encode_prompts([it["prompt"] for it in items]).to("cpu"))
-        cond = Cond.cat(conds)
-        empty = self.backbone.encode_prompts([""]).to("cpu")
-        cache = {
-            "latents": torch.cat(latents),
-            "embeds": cond.embeds.half(),
-            "mask": cond.mask.to(torch.uint8),
-            "pooled": cond.pooled.half(),
-            "empty_embeds": empty.embeds.half(),
-            "empty_mask": empty.mask.to(torch.uint8),
-            "empty_pooled": empty.pooled.half(),
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file(cache, tmp)
-        tmp.replace(path)
-        log.info("wrote latent cache %s (%d clips)", path, len(cache["latents"]))
-        return cache
+        self.cache = latent_cache.load_or_build(self.backbone, data, cfg.cache_clips, cfg.cache_dir)
 
     # ---- training ---------------------------------------------------------------------------
     def param_groups(self):
@@ -152,30 +109,15 @@ class FlowMatchingMethod(Method):
 
     def batch(self, step: int) -> dict:
         rng = np.random.default_rng([self.train_cfg.seed, step, 0xF10])
-        c = self.cache
-        idx = torch.from_numpy(rng.integers(len(c["latents"]), size=self.train_cfg.batch_size))
-        drop = torch.from_numpy(rng.random(len(idx)) < self.cfg.caption_dropout)
-        embeds, mask, pooled = c["embeds"][idx].float(), c["mask"][idx].long(), c["pooled"][idx].float()
-        if drop.any():
-            n = c["empty_embeds"].shape[1]
-            embeds[drop] = 0
-            mask[drop] = 0
-            embeds[drop, :n] = c["empty_embeds"][0].float()
-            mask[drop, :n] = c["empty_mask"][0].long()
-            pooled[drop] = c["empty_pooled"][0].float()
-        length = max(int(mask.sum(1).max()), 1)
-        cond = Cond(embeds[:, :length], mask[:, :length], pooled).to(self.device)
-        return {"x0": c["latents"][idx].float().to(self.device), "cond": cond}
+        idx = rng.integers(len(self.cache["latents"]), size=self.train_cfg.batch_size)
+        x0, cond = latent_cache.cache_batch(
+            self.cache, idx, rng.random(len(idx)) < self.cfg.caption_dropout, self.device
+        )
+        return {"x0": x0, "cond": cond}
 
     def loss(self, phase, batch):
-        x0 = batch["x0"]  # (B, C, F, H, W)
-        eps = torch.randn_like(x0)
-        s = shift_sigmas(torch.rand(x0.shape[0], device=x0.device), self.cfg.shift)
-        sv = s.view(-1, 1, 1, 1, 1)
-        x = (1 - sv) * x0 + sv * eps
-        v = self.backbone.velocity(x, s, batch["cond"])
-        loss = torch.nn.functional.mse_loss(v, eps - x0)
-        return loss, {}
+        cond = batch["cond"]
+        return self.objective(lambda x, s: self.backbone.velocity(x, s, cond), batch["x0"]), {}
 
     def trainable_state(self):
         return self.transformer.state_dict()

@@ -134,6 +134,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 optimizers[phase].step()
                 schedulers[phase].step()
                 optimizers[phase].zero_grad(set_to_none=True)
+                method.after_step(phase)
                 logs[f"{phase}/loss"] = float(loss.detach())
                 logs[f"{phase}/lr"] = schedulers[phase].get_last_lr()[0]
                 logs.update(terms)

@@ -1,0 +1,152 @@
+"""W2SVD: adapter scale identities, gradient routing, export/reload, resume, stock-pipeline parity."""
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+
+from w2svd.config import from_dict
+from w2svd.lora import WEIGHT_NAME, read_metadata
+from w2svd.methods.distill import FAKE, GENERATOR
+from w2svd.training.config import TrainConfig
+from w2svd.training.loop import build_method, train
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def tiny_cfg(tmp_path, base_dir=None, **over) -> TrainConfig:
+    data = yaml.safe_load((ROOT / "training/configs/tiny_w2svd.yaml").read_text())
+    data["output_dir"] = str(tmp_path / "run")
+    data["method"]["cache_dir"] = str(tmp_path / "cache")
+    if base_dir is not None:
+        data["method"].pop("random_base")
+        data["method"]["base"] = str(base_dir)
+    for k, v in over.items():
+        node = data
+        *parents, last = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = v
+    return from_dict(TrainConfig, data)
+
+
+@pytest.fixture(scope="module")
+def method(tmp_path_factory, tiny_pipeline_dir):
+    m = build_method(tiny_cfg(tmp_path_factory.mktemp("d"), tiny_pipeline_dir), torch.device("cpu"))
+    with torch.no_grad():  # make both LoRAs non-zero so the identities below are not trivial
+        for adapter in (GENERATOR, FAKE):
+            for p in m.params[adapter]:
+                p.normal_(0, 0.2)
+    return m
+
+
+def velocities(m, batch, x, s):
+    out = {}
+    with torch.no_grad():
+        for key, (adapter, scale) in {"alpha0": (FAKE, 0.0), "alpha1": (FAKE, 1.0), "half": (FAKE, 0.5)}.items():
+            out[key] = m.velocity_fn(batch["cond"], adapter, scale)(x, s)
+        m.transformer.disable_adapters()
+        out["backbone"] = m.backbone.velocity(x, s, batch["cond"])
+        m.transformer.enable_adapters()
+        m.cfg.alpha_weak = 0.5
+        out["real"] = m.real_velocity_fn(batch["cond"], None)(x, s)
+    return out
+
+
+def test_scale_identities(method):
+    batch = method.batch(0)
+    torch.manual_seed(0)
+    x = torch.randn_like(batch["x0_real"])
+    s = torch.full((x.shape[0],), 0.7)
+    v = velocities(method, batch, x, s)
+    assert torch.equal(v["alpha0"], v["backbone"])  # alpha = 0 is the frozen teacher (vanilla DMD)
+    assert not torch.allclose(v["alpha1"], v["backbone"])
+    assert torch.allclose(v["real"], v["half"])  # the real score is the fake LoRA at alpha_weak
+    d_half, d_full = (v["half"] - v["backbone"]).norm(), (v["alpha1"] - v["backbone"]).norm()
+    assert 0 < d_half < d_full  # strictly between backbone and fake score
+    # the fake score is the fake LoRA at scale 1
+    assert torch.equal(method.velocity_fn(batch["cond"], FAKE)(x, s), v["alpha1"])
+
+
+@pytest.mark.parametrize("phase", [GENERATOR, FAKE])
+def test_only_the_phase_adapter_gets_gradients(method, phase):
+    method.cfg.alpha_weak = 0.25
+    backbone = {n: p.detach().clone() for n, p in method.transformer.named_parameters() if "lora" not in n}
+    torch.manual_seed(1)
+    batch = method.batch(3)
+    loss, _ = method.loss(phase, batch)
+    loss.backward()
+    other = FAKE if phase == GENERATOR else GENERATOR
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.params[phase])
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in method.params[other])
+    for n, p in method.transformer.named_parameters():
+        if "lora" not in n:
+            assert p.grad is None and torch.equal(p, backbone[n]), n
+        p.grad = None
+
+
+def test_phases_follow_the_update_ratio(method):
+    r = method.cfg.fake_updates_per_generator_update
+    phases = [method.phases(s) for s in range(2 * r)]
+    assert sum(GENERATOR in p for p in phases) == 2 and all(FAKE in p for p in phases)
+
+
+def test_run_exports_a_diffusers_lora_that_reproduces_the_generator(tmp_path, tiny_pipeline_dir):
+    from diffusers import HunyuanVideoPipeline
+
+    cfg = tiny_cfg(tmp_path, tiny_pipeline_dir, max_steps=3, **{"method.fake_updates_per_generator_update": 1})
+    out = train(cfg, progress=False)
+    path = out / WEIGHT_NAME
+    with safe_open(path, "pt") as f:
+        keys = list(f.keys())
+    assert keys and all("lora" in k and k.startswith("transformer.") for k in keys)
+    meta = read_metadata(path)
+    assert meta["sigmas_by_steps"]["4"][0] == 1.0 and meta["sigmas_by_steps"]["4"][-1] == 0.0
+    assert meta["alpha_weak"] == 0.25 and meta["training_steps"] == 3
+    # a fresh pipeline + load_lora_weights gives exactly the trained generator's velocity
+    m = build_method(cfg, torch.device("cpu"))  # resumes the finished run's last checkpoint
+    m.load_trainable_state(__import__("w2svd.training.checkpoint", fromlist=["x"]).load_latest(out / "checkpoints")[0])
+    fresh = HunyuanVideoPipeline.from_pretrained(tiny_pipeline_dir)
+    fresh.load_lora_weights(str(out), adapter_name="g")
+    batch = m.batch(0)
+    x = torch.randn_like(batch["x0_real"])
+    s = torch.full((x.shape[0],), 0.9)
+    c = batch["cond"]
+    with torch.no_grad():
+        want = m.velocity_fn(c, GENERATOR)(x, s)
+        got = fresh.transformer(x, s * 1000, c.embeds, c.mask, c.pooled, return_dict=False)[0]
+    assert torch.equal(want, got)
+
+
+def test_resume_continues_with_the_same_losses(tmp_path, tiny_pipeline_dir):
+    def logged(run_dir):
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        values = {}
+        for ev_dir in sorted((run_dir / "logs").rglob("events.*")):
+            acc = EventAccumulator(str(ev_dir.parent))
+            acc.Reload()
+            for e in acc.Scalars("fake_score/loss"):
+                values[e.step] = e.value
+        return values
+
+    full = train(tiny_cfg(tmp_path / "a", tiny_pipeline_dir, max_steps=8, checkpoint_every=4), progress=False)
+    split_cfg = tiny_cfg(tmp_path / "b", tiny_pipeline_dir, max_steps=4, checkpoint_every=4)
+    train(split_cfg, progress=False)
+    split = train(tiny_cfg(tmp_path / "b", tiny_pipeline_dir, max_steps=8, checkpoint_every=4), progress=False)
+    a, b = logged(full), logged(split)
+    assert sorted(a) == list(range(1, 9)) and sorted(b) == list(range(1, 9))
+    assert all(a[k] == pytest.approx(b[k], rel=1e-6) for k in a)
+    wa = safe_open(full / WEIGHT_NAME, "pt")
+    wb = safe_open(split / WEIGHT_NAME, "pt")
+    assert all(torch.equal(wa.get_tensor(k), wb.get_tensor(k)) for k in wa.keys())
+
+
+def test_bad_values_are_rejected(tmp_path):
+    from w2svd.config import ConfigError
+    from w2svd.training.loop import resolve_method
+
+    with pytest.raises(ConfigError, match="alpha_weak=1.5 must be in \\[0, 1\\]"):
+        resolve_method(tiny_cfg(tmp_path, **{"method.alpha_weak": 1.5}))
+    with pytest.raises(ConfigError, match="dm_normalizer"):
+        resolve_method(tiny_cfg(tmp_path, **{"method.dm_normalizer": "batch"}))

@@ -1,0 +1,110 @@
+"""The inference API: loading, input checks, few-step vs baseline, and parity with a stock diffusers call."""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from w2svd.pipeline import VideoGenerator
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+PROMPT = "a woman with long red hair and glasses talking against a teal background"
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory, tiny_pipeline_dir):
+    from w2svd.config import from_dict
+    from w2svd.training.config import TrainConfig
+    from w2svd.training.loop import train
+
+    tmp = tmp_path_factory.mktemp("lora")
+    data = yaml.safe_load((ROOT / "training/configs/tiny_w2svd.yaml").read_text())
+    data["method"].pop("random_base")
+    data["method"].update(base=str(tiny_pipeline_dir), cache_dir=str(tmp / "cache"), generator_lr=0.05)
+    data.update(output_dir=str(tmp / "run"), max_steps=4)
+    data["method"]["fake_updates_per_generator_update"] = 1
+    return train(from_dict(TrainConfig, data), progress=False)
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_pipeline_dir, lora_dir):
+    return VideoGenerator.from_pretrained(str(tiny_pipeline_dir), lora=str(lora_dir), device="cpu")
+
+
+def test_few_step_and_baseline_shapes_timings_and_nfe(gen):
+    fs = gen.few_step([PROMPT], [7])
+    base = gen.baseline([PROMPT], [7], steps=3)
+    assert fs.frames.shape == base.frames.shape == (1, 5, 32, 32, 3) and fs.frames.dtype == np.uint8
+    assert fs.nfe == 4 and base.nfe == 3
+    assert 0 < fs.denoise_seconds <= fs.total_seconds
+    assert fs.frames.std() > 0 and not np.array_equal(fs.frames, base.frames)
+    again = gen.few_step([PROMPT], [7])
+    assert np.array_equal(fs.frames, again.frames)  # same seed, same video
+
+
+def test_same_initial_noise_for_both_sides(gen):
+    a, b = gen.initial_noise([3, 4]), gen.initial_noise([3])
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], a[1])
+
+
+@pytest.mark.parametrize(
+    ("prompt", "seed", "steps", "message"),
+    [
+        ("   ", 0, None, "prompt is empty"),
+        ("word " * 300, 0, None, "at most 256"),
+        (PROMPT, -1, None, "seed=-1 must be an integer in"),
+        (PROMPT, 2**32, None, "seed=4294967296"),
+        (PROMPT, 0, 3, "supports \\[4\\] steps, not 3"),
+    ],
+)
+def test_bad_inputs_are_named(gen, prompt, seed, steps, message):
+    with pytest.raises(ValueError, match=message):
+        gen.few_step([prompt], [seed], steps=steps)
+
+
+def test_stock_diffusers_pipeline_reproduces_the_few_step_video(gen, tiny_pipeline_dir, lora_dir):
+    """The model card's snippet: stock HunyuanVideoPipeline + load_lora_weights + sigmas= + stochastic sampling."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+
+    from w2svd.lora import read_metadata
+
+    meta = read_metadata(lora_dir)
+    sigmas = meta["sigmas_by_steps"]["4"][:-1]
+    ours = gen.few_step([PROMPT], [11]).frames[0]
+    pipe = HunyuanVideoPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.load_lora_weights(str(lora_dir))
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+        pipe.scheduler.config, shift=1.0, stochastic_sampling=True
+    )
+    torch.manual_seed(11)  # the scheduler's re-noising draws from the global RNG
+    d = gen.defaults
+    out = pipe(
+        prompt=PROMPT,
+        height=d.height,
+        width=d.width,
+        num_frames=d.num_frames,
+        sigmas=sigmas,
+        num_inference_steps=len(sigmas),
+        guidance_scale=meta["guidance_scale"],
+        generator=torch.Generator().manual_seed(11),
+        output_type="np",
+    ).frames[0]
+    stock = np.round(out * 255).astype(np.uint8)
+    assert stock.shape == ours.shape
+    assert np.abs(stock.astype(int) - ours.astype(int)).max() <= 1
+
+
+def test_missing_and_mismatched_models_are_named(tmp_path, tiny_pipeline_dir):
+    from w2svd.hub import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="not an existing path nor a Hub repo id"):
+        VideoGenerator.from_pretrained("./no/such/folder", device="cpu")
+    g = VideoGenerator.from_pretrained(str(tiny_pipeline_dir), device="cpu")
+    with pytest.raises(FileNotFoundError, match="no LoRA weights"):
+        g.load_lora(str(tmp_path))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 20)
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        g.load_lora(str(bad))
+    with pytest.raises(RuntimeError, match="no distilled LoRA loaded"):
+        g.few_step([PROMPT], [0])

@@ -1,0 +1,310 @@
+"""W2SVD: weak-to-strong distribution-matching distillation with two LoRAs on one frozen backbone.
+
+generator  = backbone + generator LoRA (scale 1), sampled on a fixed few-step sigma list
+fake score = backbone + fake-score LoRA (scale 1)
+real score = backbone + alpha_weak * fake-score LoRA, no gradient (alpha_weak = 0: vanilla DMD)
+
+Our reading of arXiv 2503.13319 (see README): the paper's equations were not available to us.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from w2svd.backbones import Cond, backbone_for
+from w2svd.config import ConfigError
+from w2svd.data import PortraitDataset
+from w2svd.lora import lora_config, save_lora, trainable_lora_params
+from w2svd.losses import DistributionMatchingLoss, FlowMatchingLoss, NoiseLevels
+from w2svd.methods.base import Method, register
+from w2svd.sampling import get_sigmas
+from w2svd.training import latent_cache
+
+log = logging.getLogger(__name__)
+GENERATOR, FAKE = "generator", "fake_score"
+
+
+@dataclasses.dataclass
+class DistillConfig:
+    base: str = "embedded"  # teacher pipeline: 'embedded', a folder, or a Hub id
+    random_base: dict[str, Any] = dataclasses.field(default_factory=dict)  # {vae_init, text, transformer}: tests
+    steps: int = 4  # generator sampling steps
+    generator_shift: float = 5.0  # the step list is get_sigmas(steps, generator_shift)
+    alpha_weak: float = 0.25  # real score = backbone + alpha_weak * fake LoRA
+    lambda_gt: float = 0.5  # weight of the fake score's flow-matching loss on ground-truth latents
+    fake_updates_per_generator_update: int = 5
+    generator_rank: int = 16
+    generator_lora_alpha: float = 16.0
+    fake_rank: int = 16
+    fake_lora_alpha: float = 16.0
+    generator_lr: float = 5e-5
+    fake_lr: float = 2e-4
+    dm_normalizer: str = "per_sample"  # per_sample (DMD2) | global (FastVideo)
+    dm_s_min: float = 0.02
+    dm_s_max: float = 0.98
+    noise_shift: float = 3.0  # shift of the noise levels drawn for DM and fake-score losses (the base's)
+    real_cfg_scale: float = 1.0  # true CFG on the real score (empty prompt); 1 = off, as the base samples
+    backward_simulation: bool = True  # else the generator is trained from pure noise at every step
+    ema_decay: float = 0.0  # EMA of the generator LoRA (0 = off); the export uses the EMA weights
+    cache_dir: str = "runs/cache"
+    cache_clips: int = 12000
+    val_prompts: int = 8
+
+    def validate(self) -> None:
+        if not 0.0 <= self.alpha_weak <= 1.0:
+            raise ConfigError(f"method.alpha_weak={self.alpha_weak} must be in [0, 1] (0 is vanilla DMD)")
+        if self.steps < 1:
+            raise ConfigError(f"method.steps={self.steps} must be >= 1")
+        if self.fake_updates_per_generator_update < 1:
+            raise ConfigError("method.fake_updates_per_generator_update must be >= 1")
+        if self.dm_normalizer not in ("per_sample", "global"):
+            raise ConfigError(f"method.dm_normalizer={self.dm_normalizer!r} must be 'per_sample' or 'global'")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"method.ema_decay={self.ema_decay} must be in [0, 1)")
+        if self.lambda_gt < 0:
+            raise ConfigError(f"method.lambda_gt={self.lambda_gt} must be >= 0")
+
+
+def load_teacher(cfg: DistillConfig, device: torch.device):
+    """The frozen base pipeline: a real one, or a random tiny one built from ``random_base``."""
+    if cfg.random_base:
+        from w2svd.methods.flow_matching import FlowMatchingConfig, build_embedded_pipeline
+
+        rb = cfg.random_base
+        fm = FlowMatchingConfig(vae_init=rb["vae_init"], text=rb["text"], transformer=rb["transformer"])
+        pipe = build_embedded_pipeline(fm)
+        base_name = "random-tiny"
+    else:
+        from w2svd.pipeline import load_base
+
+        pipe, _ = load_base(cfg.base, device=str(device), dtype=torch.float32)
+        base_name = cfg.base
+    pipe.to(device)
+    return pipe, base_name
+
+
+@register
+class DistillMethod(Method):
+    """Generator and fake-score LoRAs on one frozen backbone; the fake score is updated more often."""
+
+    name = "w2svd"
+    config_class = DistillConfig
+
+    def __init__(self, cfg: DistillConfig, train, device) -> None:
+        super().__init__(cfg, train, device)
+        self.pipe, self.base_name = load_teacher(cfg, device)
+        self.backbone = backbone_for(self.pipe)
+        self.transformer = t = self.pipe.transformer
+        t.requires_grad_(False)
+        regex = self.backbone.lora_target_regex
+        t.add_adapter(lora_config(cfg.generator_rank, cfg.generator_lora_alpha, regex), adapter_name=GENERATOR)
+        t.add_adapter(lora_config(cfg.fake_rank, cfg.fake_lora_alpha, regex), adapter_name=FAKE)
+        self.params = {GENERATOR: trainable_lora_params(t, GENERATOR), FAKE: trainable_lora_params(t, FAKE)}
+        self.sigmas = get_sigmas(cfg.steps, cfg.generator_shift)
+        levels = NoiseLevels(cfg.noise_shift)
+        self.fm_loss = FlowMatchingLoss(levels)
+        self.dm_loss = DistributionMatchingLoss(
+            NoiseLevels(cfg.noise_shift, cfg.dm_s_min, cfg.dm_s_max), cfg.dm_normalizer
+        )
+        d = train.data
+        data = PortraitDataset("train", seed=d.seed, num_frames=d.num_frames, size=d.size)
+        self.cache = latent_cache.load_or_build(self.backbone, data, cfg.cache_clips, cfg.cache_dir)
+        self.ema = {n: p.detach().clone() for n, p in self._named(GENERATOR)} if cfg.ema_decay > 0 else None
+        self.generator_updates = 0
+
+    # ---- adapters ------------------------------------------------------------------------------
+    def _named(self, adapter: str):
+        return [(n, p) for n, p in self.transformer.named_parameters() if f".{adapter}." in n]
+
+    def use(self, adapter: str, scale: float = 1.0) -> None:
+        """Make ``adapter`` the only active one, at ``scale`` (0 reproduces the backbone exactly)."""
+        self.transformer.set_adapters([adapter], [scale])
+
+    def arm(self, phase: str) -> None:
+        """Activate the adapter trained in ``phase`` and set requires_grad on it alone.
+
+        peft flips requires_grad when adapters are switched, and autograd reads the flag at backward
+        time: without this, a generator loss computed after a fake-score forward gets no gradient.
+        """
+        self.use(phase)
+        for name, params in self.params.items():
+            for p in params:
+                p.requires_grad_(name == phase)
+
+    def velocity_fn(self, cond: Cond, adapter: str, scale: float = 1.0):
+        def fn(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            self.use(adapter, scale)
+            return self.backbone.velocity(x, s, cond)
+
+        return fn
+
+    def real_velocity_fn(self, cond: Cond, uncond: Cond | None):
+        """The weak-to-strong real score: backbone + alpha_weak * fake LoRA, with optional true CFG."""
+
+        def fn(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            self.use(FAKE, self.cfg.alpha_weak)
+            v = self.backbone.velocity(x, s, cond)
+            if uncond is not None and self.cfg.real_cfg_scale != 1.0:
+                v_u = self.backbone.velocity(x, s, uncond)
+                v = v_u + self.cfg.real_cfg_scale * (v - v_u)
+            return v
+
+        return fn
+
+    # ---- generator sampling ----------------------------------------------------------------------
+    def generator_x0(self, noise: torch.Tensor, cond: Cond, k: int, grad: bool) -> torch.Tensor:
+        """Backward simulation: roll the generator out without gradient to step k, then predict x0 there."""
+        x = noise
+        with torch.no_grad():
+            self.use(GENERATOR)
+            for i in range(k):
+                s, s_next = self.sigmas[i], self.sigmas[i + 1]
+                x0 = x - s * self.backbone.velocity(x, s, cond)
+                x = (1 - s_next) * x0 + s_next * torch.randn_like(x0)
+        s = self.sigmas[k]
+        if grad:
+            self.arm(GENERATOR)
+        with torch.set_grad_enabled(grad):
+            self.use(GENERATOR)
+            return x - s * self.backbone.velocity(x, s, cond)
+
+    def pick_step(self, step: int) -> int:
+        if not self.cfg.backward_simulation:
+            return 0
+        return int(np.random.default_rng([self.train_cfg.seed, step, 0xB5]).integers(self.cfg.steps))
+
+    # ---- the Method interface ------------------------------------------------------------------
+    def param_groups(self):
+        return {FAKE: (self.params[FAKE], self.cfg.fake_lr), GENERATOR: (self.params[GENERATOR], self.cfg.generator_lr)}
+
+    def phases(self, step: int) -> list[str]:
+        r = self.cfg.fake_updates_per_generator_update
+        return [FAKE, GENERATOR] if (step + 1) % r == 0 else [FAKE]
+
+    def batch(self, step: int) -> dict:
+        rng = np.random.default_rng([self.train_cfg.seed, step, 0xD15])
+        idx = rng.integers(len(self.cache["latents"]), size=self.train_cfg.batch_size)
+        x0_real, cond = latent_cache.cache_batch(self.cache, idx, None, self.device)
+        uncond = None
+        if self.cfg.real_cfg_scale != 1.0:
+            _, uncond = latent_cache.cache_batch(self.cache, idx, np.ones(len(idx), bool), self.device)
+        return {"x0_real": x0_real, "cond": cond, "uncond": uncond, "k": self.pick_step(step)}
+
+    def loss(self, phase: str, batch: dict):
+        cond, x0_real = batch["cond"], batch["x0_real"]
+        noise = torch.randn_like(x0_real)
+        if phase == GENERATOR:
+            x0_hat = self.generator_x0(noise, cond, batch["k"], grad=True)
+            loss, terms = self.dm_loss(
+                x0_hat, self.real_velocity_fn(cond, batch["uncond"]), self.velocity_fn(cond, FAKE)
+            )
+            self.arm(GENERATOR)
+            return loss, terms
+        # fake-score phase: denoising on detached generator samples (+ ground truth, weighted lambda_gt)
+        x0_gen = self.generator_x0(noise, cond, batch["k"], grad=False)
+        self.arm(FAKE)
+        fake_v = self.velocity_fn(cond, FAKE)
+        loss_gen = self.fm_loss(fake_v, x0_gen)
+        terms = {"fake/loss_generated": loss_gen.item()}
+        loss = loss_gen
+        if self.cfg.lambda_gt > 0:
+            loss_gt = self.fm_loss(fake_v, x0_real)
+            loss = loss + self.cfg.lambda_gt * loss_gt
+            terms["fake/loss_real"] = loss_gt.item()
+        self.arm(FAKE)
+        return loss, terms
+
+    def after_step(self, phase: str) -> None:
+        """EMA of the generator LoRA after each generator update."""
+        if phase != GENERATOR:
+            return
+        self.generator_updates += 1
+        if self.ema is not None:
+            with torch.no_grad():
+                for n, p in self._named(GENERATOR):
+                    self.ema[n].lerp_(p.detach(), 1 - self.cfg.ema_decay)
+
+    def trainable_state(self):
+        state = {n: p.detach() for a in (GENERATOR, FAKE) for n, p in self._named(a)}
+        if self.ema is not None:
+            state.update({f"ema::{n}": t for n, t in self.ema.items()})
+        state["generator_updates"] = torch.tensor(self.generator_updates)
+        return state
+
+    def load_trainable_state(self, state):
+        named = dict(self.transformer.named_parameters())
+        with torch.no_grad():
+            for n, t in state.items():
+                if n == "generator_updates":
+                    self.generator_updates = int(t)
+                elif n.startswith("ema::"):
+                    self.ema[n[5:]].copy_(t)
+                else:
+                    named[n].copy_(t)
+
+    def train(self, mode: bool = True) -> None:
+        self.transformer.train(mode)
+
+    # ---- sampling, validation, export ---------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        """Few-step generator samples decoded to video in [-1, 1] (the same sampler the pipeline uses)."""
+        from w2svd.sampling import sample_renoise
+
+        d = self.train_cfg.data
+        cond = self.backbone.encode_prompts(prompts)
+        shape = self.backbone.latent_shape(d.num_frames, d.size, d.size)
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        gen = torch.Generator(device=self.device).manual_seed(seeds[0])
+        lat = sample_renoise(self.velocity_fn(cond, GENERATOR), noise.to(self.device), self.sigmas, generator=gen)
+        return self.backbone.decode_latents(lat)
+
+    def validate(self, step: int, out_dir: Path) -> dict[str, float]:
+        from w2svd.data import heldout_examples, tensor_to_video
+        from w2svd.data.__main__ import grid_image
+
+        examples = heldout_examples(self.cfg.val_prompts)
+        video = self.sample([e.prompt for e in examples], [e.seed for e in examples])
+        clips = np.stack([tensor_to_video(v) for v in video])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        grid_image(clips, [e.prompt for e in examples]).save(out_dir / f"step-{step:07d}.png")
+        self.arm(FAKE)
+        return {}
+
+    def metadata(self) -> dict[str, Any]:
+        c = self.cfg
+        return {
+            "method": "w2svd" if (c.alpha_weak > 0 or c.lambda_gt > 0) else "dmd",
+            "base_model": self.base_name,
+            "sigmas_by_steps": {str(c.steps): [round(float(s), 6) for s in self.sigmas]},
+            "default_steps": c.steps,
+            "generator_shift": c.generator_shift,
+            "guidance_scale": 1.0,
+            "renoise": True,
+            "alpha_weak": c.alpha_weak,
+            "lambda_gt": c.lambda_gt,
+            "fake_updates_per_generator_update": c.fake_updates_per_generator_update,
+            "training_steps": self.generator_updates,
+            "fake_score_updates": self.generator_updates * c.fake_updates_per_generator_update,
+            "ema_decay": c.ema_decay,
+        }
+
+    def export(self, out_dir: Path) -> None:
+        named = dict(self._named(GENERATOR))
+        backup = {n: p.detach().clone() for n, p in named.items()} if self.ema is not None else None
+        with torch.no_grad():
+            if backup is not None:
+                for n, p in named.items():
+                    p.copy_(self.ema[n])
+            save_lora(self.transformer, GENERATOR, out_dir, self.metadata(), type(self.pipe))
+            if backup is not None:
+                for n, p in named.items():
+                    p.copy_(backup[n])
+        log.info("exported %s", json.dumps(self.metadata()))

@@ -1,0 +1,81 @@
+"""Cached VAE latents and text conditioning of portrait clips, shared by teacher and distillation runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from w2svd.backbones import Backbone, Cond
+from w2svd.data import PortraitDataset
+
+log = logging.getLogger(__name__)
+
+
+def _fingerprint(backbone: Backbone, extra: object) -> str:
+    """Changes whenever the VAE, the text encoders or the data settings change."""
+    h = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
+    for module in (backbone.vae, backbone.pipe.text_encoder, backbone.pipe.text_encoder_2):
+        for name, t in sorted(module.state_dict().items())[:6]:
+            h.update(name.encode())
+            h.update(t.detach().float().cpu().numpy().tobytes()[:4096])
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def load_or_build(
+    backbone: Backbone, data: PortraitDataset, num_clips: int, cache_dir: str | Path, chunk: int = 32
+) -> dict[str, torch.Tensor]:
+    """Latents (fp16), right-padded text embeddings, masks, pooled vectors, and the empty prompt's."""
+    extra = [num_clips, data.split, data.seed, data.num_frames, data.size]
+    path = Path(cache_dir) / f"latents-{_fingerprint(backbone, extra)}.safetensors"
+    if path.is_file():
+        log.info("using latent cache %s", path)
+        return load_file(path)
+    latents, conds = [], []
+    for i in tqdm(range(0, num_clips, chunk), desc="caching latents", dynamic_ncols=True):
+        items = [data[j] for j in range(i, min(i + chunk, num_clips))]
+        latents.append(backbone.encode_video(torch.stack([it["video"] for it in items])).half().cpu())
+        conds.append(backbone.encode_prompts([it["prompt"] for it in items]).to("cpu"))
+    cond = Cond.cat(conds)
+    empty = backbone.encode_prompts([""]).to("cpu")
+    cache = {
+        "latents": torch.cat(latents),
+        "embeds": cond.embeds.half(),
+        "mask": cond.mask.to(torch.uint8),
+        "pooled": cond.pooled.half(),
+        "empty_embeds": empty.embeds.half(),
+        "empty_mask": empty.mask.to(torch.uint8),
+        "empty_pooled": empty.pooled.half(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(cache, tmp)
+    tmp.replace(path)
+    log.info("wrote latent cache %s (%d clips)", path, num_clips)
+    return cache
+
+
+def cache_batch(
+    cache: dict[str, torch.Tensor], idx: np.ndarray, drop: np.ndarray | None, device: torch.device
+) -> tuple[torch.Tensor, Cond]:
+    """Latents and conditioning for rows ``idx``; rows where ``drop`` is True get the empty prompt."""
+    idx_t = torch.from_numpy(idx)
+    embeds, mask = cache["embeds"][idx_t].float(), cache["mask"][idx_t].long()
+    pooled = cache["pooled"][idx_t].float()
+    if drop is not None and drop.any():
+        d = torch.from_numpy(drop)
+        n = cache["empty_embeds"].shape[1]
+        embeds[d], mask[d] = 0.0, 0
+        embeds[d, :n] = cache["empty_embeds"][0].float()
+        mask[d, :n] = cache["empty_mask"][0].long()
+        pooled[d] = cache["empty_pooled"][0].float()
+    length = max(int(mask.sum(1).max()), 1)
+    cond = Cond(embeds[:, :length], mask[:, :length], pooled).to(device)
+    return cache["latents"][idx_t].float().to(device), cond
