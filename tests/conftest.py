@@ -94,3 +94,16 @@ def tiny_pipeline_dir(tmp_path_factory, tiny_vae_dir) -> Path:
     pipe.save_pretrained(out)
     (out / "generation_defaults.json").write_text(json.dumps(TINY_DEFAULTS))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny64_pipeline_dir(tmp_path_factory, tiny_pipeline_dir) -> Path:
+    """The tiny random pipeline at the portrait world's native 9x64x64 (what the metric networks take)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("tiny64") / "pipeline"
+    shutil.copytree(tiny_pipeline_dir, out)
+    (out / "generation_defaults.json").write_text(
+        json.dumps({**TINY_DEFAULTS, "height": 64, "width": 64, "num_frames": 9})
+    )
+    return out

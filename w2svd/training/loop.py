@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -92,7 +93,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         optimizers[phase] = torch.optim.AdamW(params, lr=lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
         schedulers[phase] = torch.optim.lr_scheduler.LambdaLR(optimizers[phase], lr_lambda(o, cfg.max_steps))
 
-    start = 0
+    start, elapsed = 0, 0.0
     found = load_latest(out / "checkpoints")
     if found is not None:
         tensors, state, path = found
@@ -102,12 +103,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             schedulers[phase].load_state_dict(state["schedulers"][phase])
         set_rng_state(state["rng"])
         start = int(state["step"])
+        elapsed = float(state.get("elapsed_seconds", 0.0))
         log.info("resumed from %s at step %d", path, start)
 
     def checkpoint(step: int) -> None:
         state = {
             "optimizers": {k: v.state_dict() for k, v in optimizers.items()},
             "schedulers": {k: v.state_dict() for k, v in schedulers.items()},
+            "elapsed_seconds": elapsed + time.perf_counter() - t0,
         }
         save_checkpoint(out / "checkpoints", step, method.trainable_state(), state, cfg.checkpoints_total_limit)
 
@@ -161,6 +164,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     run_validation(method, accelerator, out, step)
     method.train(False)
     method.export(out)
+    seconds = elapsed + time.perf_counter() - t0
+    (out / "train_time.json").write_text(json.dumps({"seconds": round(seconds, 1), "steps": step}))
     accelerator.end_training()
     return out
 

@@ -1,0 +1,233 @@
+"""The benchmark: every row (real clips, base at N steps, a distilled LoRA) scored on the held-out pairs.
+
+Writes a markdown table and a JSON file; every number is measured in the run that writes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from w2svd.config import ConfigError
+from w2svd.data import heldout_examples
+from w2svd.eval import metrics
+from w2svd.eval.features import load_feature_nets
+from w2svd.pipeline import VideoGenerator
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    kind: str  # real | base (Euler on the base) | lora (a distilled LoRA's few-step sampler)
+    steps: int = 0  # 0: the model's default
+    lora: str = ""  # LoRA folder/file/Hub id for kind=lora
+    run_dir: str = ""  # training run folder, to report training steps and wall time
+
+    def validate(self) -> None:
+        if self.kind not in ("real", "base", "lora"):
+            raise ConfigError(f"rows[{self.name}].kind={self.kind!r} must be 'real', 'base' or 'lora'")
+        if self.kind == "lora" and not self.lora:
+            raise ConfigError(f"rows[{self.name}] has kind=lora but no `lora` path")
+
+
+@dataclasses.dataclass
+class Grid:
+    rows: list[str] = dataclasses.field(default_factory=list)  # row names shown side by side
+    prompts: int = 4
+    path: str = ""
+
+
+@dataclasses.dataclass
+class BenchmarkConfig:
+    rows: list[Row]
+    base: str = "embedded"
+    reference: str = ""  # row whose times define the speed-ups (e.g. the 28-step base)
+    n: int = 256
+    batch_size: int = 32
+    threads: int = 0
+    title: str = "Benchmark"
+    command: str = ""  # the command that reproduces the table, printed above it
+    out_md: str = "docs/benchmark.md"
+    out_json: str = "docs/benchmark.json"
+    grid: Grid = dataclasses.field(default_factory=Grid)
+
+    def validate(self) -> None:
+        names = [r.name for r in self.rows]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"row names must be unique, got {names}")
+        if self.reference and self.reference not in names:
+            raise ConfigError(f"reference={self.reference!r} is not a row name; rows: {names}")
+
+
+class TimedGenerator:
+    """Wraps one row's sampler as a metrics.GenerateFn, adding up denoising and total seconds."""
+
+    def __init__(self, gen: VideoGenerator | None, row: Row) -> None:
+        self.gen, self.row = gen, row
+        self.denoise = self.total = 0.0
+        self.videos = 0
+        self.nfe = 0
+
+    def __call__(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
+        steps = self.row.steps or None
+        if self.row.kind == "lora":
+            res = self.gen.few_step(prompts, seeds, steps=steps)
+        else:
+            res = self.gen.baseline(prompts, seeds, steps=steps)
+        self.denoise += res.denoise_seconds
+        self.total += res.total_seconds
+        self.videos += len(prompts)
+        self.nfe = res.nfe
+        return res.frames
+
+
+def training_info(run_dir: str) -> dict[str, Any]:
+    """Training steps and wall time of a run, from its exported LoRA metadata and tensorboard log."""
+    if not run_dir:
+        return {}
+    info: dict[str, Any] = {}
+    meta = Path(run_dir) / "w2svd_lora.json"
+    if meta.is_file():
+        info["training_steps"] = json.loads(meta.read_text()).get("training_steps")
+    timing = Path(run_dir) / "train_time.json"
+    if timing.is_file():
+        info["training_seconds"] = json.loads(timing.read_text()).get("seconds")
+    return info
+
+
+def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    nets = load_feature_nets()
+    examples = heldout_examples(cfg.n)
+    gen = None
+    if any(r.kind != "real" for r in cfg.rows):
+        gen = VideoGenerator.from_pretrained(cfg.base)
+    reference = metrics.embed(metrics.render_examples(metrics.reference_examples(examples)), nets)
+    results, samples = [], {}
+    for row in cfg.rows:
+        if row.kind == "real":
+            fn: metrics.GenerateFn = metrics.real_generator(examples)
+            timed = None
+        else:
+            if row.kind == "lora":
+                gen.load_lora(row.lora)
+            timed = TimedGenerator(gen, row)
+            fn = timed
+        start = time.perf_counter()
+        clips = metrics.generate_clips(fn, examples, cfg.batch_size)
+        scores = score(clips, examples, reference, nets)
+        entry: dict[str, Any] = {"name": row.name, "kind": row.kind, **scores, **training_info(row.run_dir)}
+        if timed is not None:
+            entry.update(
+                nfe=timed.nfe,
+                denoise_s_per_video=timed.denoise / timed.videos,
+                total_s_per_video=timed.total / timed.videos,
+            )
+        entry["wall_s"] = time.perf_counter() - start
+        results.append(entry)
+        samples[row.name] = clips[: cfg.grid.prompts]
+        print(f"{row.name}: " + ", ".join(f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float)))
+    ref = next((r for r in results if r["name"] == cfg.reference), None)
+    if ref is not None:
+        for r in results:
+            if "denoise_s_per_video" in r:
+                r["speedup_denoise"] = ref["denoise_s_per_video"] / r["denoise_s_per_video"]
+                r["speedup_total"] = ref["total_s_per_video"] / r["total_s_per_video"]
+    report = {
+        "title": cfg.title,
+        "command": cfg.command,
+        "n": cfg.n,
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "reference": cfg.reference,
+        "rows": results,
+    }
+    write_outputs(cfg, report, samples, examples)
+    return report
+
+
+def score(clips: np.ndarray, examples, reference: metrics.Embedding, nets) -> dict[str, float]:
+    """FD against the reference real clips (same prompts, other render seeds) and prompt adherence."""
+    gen_emb = metrics.embed(clips, nets)
+    adh = metrics.adherence(gen_emb, examples, nets)
+    return {
+        "fd_frame": metrics.fd_frame(gen_emb, reference, nets),
+        "fd_clip": metrics.fd_clip(gen_emb, reference, nets),
+        **{f"adherence/{k}": v for k, v in adh.items()},
+    }
+
+
+COLUMNS = [
+    ("name", "method", "{}"),
+    ("nfe", "NFE", "{}"),
+    ("fd_frame", "FD-frame", "{:.2f}"),
+    ("fd_clip", "FD-clip", "{:.2f}"),
+    ("adherence/appearance_mean", "attributes", "{:.1%}"),
+    ("adherence/hair_colour", "hair colour", "{:.1%}"),
+    ("adherence/background", "background", "{:.1%}"),
+    ("adherence/motion", "motion", "{:.1%}"),
+    ("denoise_s_per_video", "denoise s/video", "{:.3f}"),
+    ("total_s_per_video", "total s/video", "{:.3f}"),
+    ("speedup_denoise", "speed-up (denoise)", "{:.2f}x"),
+    ("speedup_total", "speed-up (total)", "{:.2f}x"),
+    ("training_steps", "train steps", "{}"),
+    ("training_seconds", "train time (s)", "{:.0f}"),
+]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    rows = report["rows"]
+    cols = [c for c in COLUMNS if any(c[0] in r for r in rows)]
+    lines = [f"# {report['title']}", ""]
+    if report["command"]:
+        lines += ["Reproduce with:", "", "```bash", report["command"], "```", ""]
+    lines += [
+        f"{report['n']} held-out (prompt, seed) pairs; FD against real clips of the same prompts with other render "
+        f"seeds; machine: {report['machine']}. Speed-ups are relative to `{report['reference']}`, "
+        "measured in this run.",
+        "",
+        "| " + " | ".join(c[1] for c in cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
+    for r in rows:
+        cells = [c[2].format(r[c[0]]) if r.get(c[0]) is not None else "" for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    extra = sorted({k for r in rows for k in r if k.startswith("adherence/") and k not in {c[0] for c in cols}})
+    if extra:
+        lines += ["", "Per-attribute adherence:", "", "| method | " + " | ".join(k.split("/")[1] for k in extra) + " |"]
+        lines.append("|" + "---|" * (len(extra) + 1))
+        for r in rows:
+            lines.append(f"| {r['name']} | " + " | ".join(f"{r[k]:.1%}" for k in extra) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(cfg: BenchmarkConfig, report: dict[str, Any], samples: dict[str, np.ndarray], examples) -> None:
+    for path, text in ((cfg.out_md, markdown(report)), (cfg.out_json, json.dumps(report, indent=1))):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text)
+    if cfg.grid.path and cfg.grid.rows:
+        from PIL import Image, ImageDraw
+
+        from w2svd.data.__main__ import grid_image
+
+        panels = []
+        for name in cfg.grid.rows:
+            img = grid_image(samples[name], zoom=2)
+            label = Image.new("RGB", (img.width, 16), "white")
+            ImageDraw.Draw(label).text((2, 2), name, fill="black")
+            panels += [label, img]
+        out = Image.new("RGB", (panels[0].width, sum(p.height for p in panels)), "white")
+        y = 0
+        for p in panels:
+            out.paste(p, (0, y))
+            y += p.height
+        Path(cfg.grid.path).parent.mkdir(parents=True, exist_ok=True)
+        out.save(cfg.grid.path)
