@@ -43,12 +43,15 @@ class FlowMatchingConfig:
     val_prompts: int = 8
     val_steps: int = 28
     generation: dict[str, Any] = dataclasses.field(default_factory=dict)  # written to generation_defaults.json
+    export_dtype: str = "float16"  # weights of the exported folder (loaders upcast on CPU)
 
     def validate(self) -> None:
         if not self.base and not ((self.vae or self.vae_init) and self.text):
             raise ConfigError("method needs either `base` (a pipeline folder) or `vae` (or `vae_init`) and `text`")
         if not self.base and not self.transformer:
             raise ConfigError("method.transformer (model kwargs) is required when no `base` pipeline is given")
+        if self.export_dtype not in ("float16", "bfloat16", "float32"):
+            raise ConfigError(f"method.export_dtype={self.export_dtype!r} must be float16, bfloat16 or float32")
         if not 0 <= self.caption_dropout < 1:
             raise ConfigError(f"method.caption_dropout={self.caption_dropout} must be in [0, 1)")
 
@@ -152,8 +155,15 @@ class FlowMatchingMethod(Method):
         return {}
 
     def export(self, out_dir: Path) -> None:
+        """A complete diffusers folder at <out_dir>/pipeline with generation defaults and a model card."""
+        from w2svd.cards import base_card
+
         folder = out_dir / "pipeline"
-        self.pipe.save_pretrained(folder)
+        self.pipe.to(getattr(torch, self.cfg.export_dtype))
+        try:
+            self.pipe.save_pretrained(folder)
+        finally:
+            self.pipe.to(torch.float32)
         d = self.train_cfg.data
         defaults = {
             "height": d.size,
@@ -166,3 +176,13 @@ class FlowMatchingMethod(Method):
             **self.cfg.generation,
         }
         (folder / "generation_defaults.json").write_text(json.dumps(defaults, indent=1))
+        components = {k: type(v).__name__ for k, v in self.pipe.components.items() if v is not None}
+        report: dict[str, Any] = {
+            "transformer_parameters": sum(p.numel() for p in self.transformer.parameters()),
+            "training_clips_cached": self.cfg.cache_clips,
+            "training_config": "training/configs/embedded_teacher.yaml",
+        }
+        vae_report = Path(self.cfg.vae).parent / "vae_report.json" if self.cfg.vae else None
+        if vae_report is not None and vae_report.is_file():
+            report["vae"] = json.loads(vae_report.read_text())
+        (folder / "README.md").write_text(base_card(defaults, components, report))
