@@ -21,7 +21,6 @@ from w2svd.methods.base import Method, register
 class FeaturesConfig:
     frame: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
     clip: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
-    lr: float = 2e-3
     frames_per_clip: int = 3  # frames of each training clip the frame encoder sees
     flip: bool = True  # random horizontal flips (every attribute is mirror-symmetric)
     val_clips: int = 256  # held-out clips for the accuracies logged and exported
@@ -63,8 +62,8 @@ class FeaturesMethod(Method):
 
     def param_groups(self):
         return {
-            "frame": (list(self.nets.frame.parameters()), self.cfg.lr),
-            "clip": (list(self.nets.clip.parameters()), self.cfg.lr),
+            "frame": (list(self.nets.frame.parameters()), self.train_cfg.optim.lr),
+            "clip": (list(self.nets.clip.parameters()), self.train_cfg.optim.lr),
         }
 
     def batch(self, step: int) -> dict:
