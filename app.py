@@ -1,0 +1,71 @@
+"""Gradio demo: W2SVD few-step video next to the base model's many-step video (README, "The demo app")."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="W2SVD demo. Serves on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (default 127.0.0.1:7860)."
+    )
+    p.add_argument(
+        "--base",
+        default=os.environ.get("W2SVD_BASE", "embedded"),
+        help="base model: 'embedded', a diffusers pipeline folder or a Hub repo id (env W2SVD_BASE; default embedded)",
+    )
+    p.add_argument(
+        "--lora",
+        default=os.environ.get("W2SVD_LORA"),
+        help="W2SVD LoRA: 'embedded', a folder, a .safetensors file, a Hub repo id, or 'none' (env W2SVD_LORA; "
+        "default: the embedded LoRA when the base is embedded and the LoRA has shipped, else none)",
+    )
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    p.add_argument("--cpu-offload", action="store_true", help="CUDA only: diffusers model CPU offload (less memory)")
+    p.add_argument("--max-videos", type=int, default=64, help="mp4 files kept in the app's temp folder (default 64)")
+    p.add_argument(
+        "--seconds-per-step", type=float, default=3.0, help="ZeroGPU lease estimate per sampling step (default 3)"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from w2svd.app_utils import import_spaces
+
+    import_spaces()  # before anything touches CUDA: on ZeroGPU Spaces this is what makes CUDA visible
+    import torch
+
+    from w2svd.app_utils import LoadError, VideoStore, choose_lora, load_generator, on_zero_gpu
+    from w2svd.demo import CSS, DemoHandlers, build_blocks
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    lora, no_lora_reason = choose_lora(args.base, args.lora)
+    try:
+        generator = load_generator(args.base, lora, device, args.cpu_offload)
+    except LoadError as e:
+        sys.exit(f"app.py: error: {e}")
+    if lora is None:
+        print(f"app.py: no W2SVD LoRA loaded ({no_lora_reason}); the few-step side is plain Euler on the base")
+    with tempfile.TemporaryDirectory(prefix="w2svd-app-") as tmp:
+        # Lazily cached examples live as long as this process, so they never outlive the models that made them.
+        os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(Path(tmp) / "examples"))
+        handlers = DemoHandlers(
+            generator,
+            VideoStore(Path(tmp) / "videos", args.max_videos),
+            base_name=args.base,
+            lora_name=lora,
+            no_lora_reason=no_lora_reason,
+            seconds_per_step=args.seconds_per_step,
+        )
+        if not on_zero_gpu():  # on ZeroGPU there is no GPU outside a request
+            handlers.warm_up()
+        build_blocks(handlers).launch(css=CSS, allowed_paths=[tmp])
+
+
+if __name__ == "__main__":
+    main()
