@@ -76,7 +76,9 @@ def test_checkpoints_are_pruned_and_corrupt_ones_skipped(tmp_path):
 
 
 def test_teacher_runs_and_exports_a_loadable_pipeline(tmp_path, tiny_vae_dir):
-    out = train(teacher_cfg(tmp_path / "t", tiny_vae_dir, tmp_path / "cache"), progress=False)
+    cfg = teacher_cfg(tmp_path / "t", tiny_vae_dir, tmp_path / "cache")
+    cfg.method["ema_decay"] = 0.5
+    out = train(cfg, progress=False)
     folder = out / "pipeline"
     assert (folder / "model_index.json").is_file()
     assert json.loads((folder / "generation_defaults.json").read_text())["num_inference_steps"] == 28
@@ -127,3 +129,20 @@ def test_unwritable_output_dir_fails_before_training(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OSError, match="not writable.*output_dir=PATH"):
         train(vae_cfg(blocker / "run"), progress=False)
+
+
+def test_ema_tracks_and_swaps_weights():
+    from w2svd.training.ema import EMA
+
+    lin = torch.nn.Linear(2, 2)
+    ema = EMA(list(lin.named_parameters()), decay=0.5)
+    before = lin.weight.detach().clone()
+    with torch.no_grad():
+        lin.weight.add_(2.0)
+    ema.update()
+    assert torch.allclose(ema.shadow["weight"], before + 1.0)
+    with ema.swapped():
+        assert torch.allclose(lin.weight, before + 1.0)
+    assert torch.allclose(lin.weight, before + 2.0)
+    with pytest.raises(ValueError, match="decay=1.0"):
+        EMA([], 1.0)

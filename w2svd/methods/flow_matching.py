@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,6 +26,7 @@ from w2svd.methods.base import Method, register
 from w2svd.models.text import build_clip_tokenizer, build_llama_tokenizer, build_text_encoders, caption_corpus
 from w2svd.sampling import get_sigmas, sample_euler
 from w2svd.training import latent_cache
+from w2svd.training.ema import EMA
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class FlowMatchingConfig:
     val_prompts: int = 8
     val_steps: int = 28
     generation: dict[str, Any] = dataclasses.field(default_factory=dict)  # written to generation_defaults.json
+    ema_decay: float = 0.0  # EMA of the transformer weights (0 = off); validation and export use it
     export_dtype: str = "float16"  # weights of the exported folder (loaders upcast on CPU)
 
     def validate(self) -> None:
@@ -100,6 +103,7 @@ class FlowMatchingMethod(Method):
         self.transformer = self.pipe.transformer
         self.transformer.requires_grad_(True)
         self.objective = FlowMatchingLoss(NoiseLevels(cfg.shift))
+        self.ema = EMA(list(self.transformer.named_parameters()), cfg.ema_decay) if cfg.ema_decay > 0 else None
         for m in (self.pipe.vae, self.pipe.text_encoder, self.pipe.text_encoder_2):
             m.requires_grad_(False).eval()
         d = train.data
@@ -122,11 +126,24 @@ class FlowMatchingMethod(Method):
         cond = batch["cond"]
         return self.objective(lambda x, s: self.backbone.velocity(x, s, cond), batch["x0"]), {}
 
+    def after_step(self, phase: str) -> None:
+        if self.ema is not None:
+            self.ema.update()
+
     def trainable_state(self):
-        return self.transformer.state_dict()
+        state = dict(self.transformer.state_dict())
+        if self.ema is not None:
+            state.update({f"ema::{k}": v for k, v in self.ema.state_dict().items()})
+        return state
 
     def load_trainable_state(self, state):
-        self.transformer.load_state_dict(state)
+        self.transformer.load_state_dict({k: v for k, v in state.items() if not k.startswith("ema::")})
+        if self.ema is not None:
+            self.ema.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("ema::")})
+
+    def averaged(self):
+        """Context in which the transformer holds its EMA weights (a no-op without EMA)."""
+        return self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
 
     def train(self, mode: bool = True) -> None:
         self.transformer.train(mode)
@@ -148,7 +165,8 @@ class FlowMatchingMethod(Method):
         from w2svd.data.__main__ import grid_image
 
         examples = heldout_examples(self.cfg.val_prompts)
-        video = self.sample([e.prompt for e in examples], [e.seed for e in examples], self.cfg.val_steps)
+        with self.averaged():
+            video = self.sample([e.prompt for e in examples], [e.seed for e in examples], self.cfg.val_steps)
         clips = np.stack([tensor_to_video(v) for v in video])
         out_dir.mkdir(parents=True, exist_ok=True)
         grid_image(clips, [e.prompt for e in examples]).save(out_dir / f"step-{step:07d}.png")
@@ -159,11 +177,12 @@ class FlowMatchingMethod(Method):
         from w2svd.cards import base_card
 
         folder = out_dir / "pipeline"
-        self.pipe.to(getattr(torch, self.cfg.export_dtype))
-        try:
-            self.pipe.save_pretrained(folder)
-        finally:
-            self.pipe.to(torch.float32)
+        with self.averaged():
+            self.pipe.to(getattr(torch, self.cfg.export_dtype))
+            try:
+                self.pipe.save_pretrained(folder)
+            finally:
+                self.pipe.to(torch.float32)
         d = self.train_cfg.data
         defaults = {
             "height": d.size,
