@@ -146,3 +146,19 @@ def test_ema_tracks_and_swaps_weights():
     assert torch.allclose(lin.weight, before + 2.0)
     with pytest.raises(ValueError, match="decay=1.0"):
         EMA([], 1.0)
+
+
+def test_decoder_only_finetune_keeps_the_latent_space(tmp_path):
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    first = train(vae_cfg(tmp_path / "v1", max_steps=2), progress=False)
+    cfg = vae_cfg(tmp_path / "v2", max_steps=2)
+    cfg.method = {"name": "vae", "init": str(first / "vae"), "decoder_only": True, "crop": 16, "val_clips": 2,
+                  "scale_clips": 4}  # fmt: skip
+    second = train(cfg, progress=False)
+    a = AutoencoderKLHunyuanVideo.from_pretrained(first / "vae")
+    b = AutoencoderKLHunyuanVideo.from_pretrained(second / "vae")
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa if k.startswith("decoder."))
+    assert a.config.scaling_factor == b.config.scaling_factor

@@ -20,6 +20,8 @@ from w2svd.methods.base import Method, register
 @dataclasses.dataclass
 class VAEConfig:
     model: dict[str, Any] = dataclasses.field(default_factory=dict)  # AutoencoderKLHunyuanVideo kwargs
+    init: str = ""  # start from this VAE folder instead of a new model
+    decoder_only: bool = False  # train the decoder alone: latents (and models trained on them) stay valid
     crop: int = 32  # train on random square crops (fully convolutional); 0 = full frames
     kl_weight: float = 1e-6
     mse_weight: float = 1.0
@@ -27,6 +29,10 @@ class VAEConfig:
     scale_clips: int = 256  # training clips used to set scaling_factor = 1 / std(latents)
 
     def validate(self) -> None:
+        if self.decoder_only and not self.init:
+            raise ConfigError("method.decoder_only needs method.init (the VAE whose encoder is kept)")
+        if bool(self.model) == bool(self.init):
+            raise ConfigError("give exactly one of method.model (a new VAE) or method.init (a VAE folder)")
         if self.crop and self.crop % 8:
             raise ConfigError(f"method.crop={self.crop} must be a multiple of 8 (or 0 for full frames)")
 
@@ -44,14 +50,21 @@ class VAEMethod(Method):
 
     def __init__(self, cfg: VAEConfig, train, device) -> None:
         super().__init__(cfg, train, device)
-        self.vae = AutoencoderKLHunyuanVideo(**cfg.model).to(device)
+        if cfg.init:
+            self.vae = AutoencoderKLHunyuanVideo.from_pretrained(cfg.init, dtype=torch.float32).to(device)
+        else:
+            self.vae = AutoencoderKLHunyuanVideo(**cfg.model).to(device)
+        if cfg.decoder_only:
+            self.vae.requires_grad_(False)
+            self.vae.decoder.requires_grad_(True)
+            self.vae.post_quant_conv.requires_grad_(True)
         self.data = PortraitDataset(
             "train", seed=train.data.seed, num_frames=train.data.num_frames, size=train.data.size
         )
         self.heldout = PortraitDataset("heldout", num_frames=train.data.num_frames, size=train.data.size)
 
     def param_groups(self):
-        return {"vae": (list(self.vae.parameters()), self.train_cfg.optim.lr)}
+        return {"vae": ([p for p in self.vae.parameters() if p.requires_grad], self.train_cfg.optim.lr)}
 
     def batch(self, step: int) -> dict:
         b = step_batch(self.data, self.train_cfg.seed, step, self.train_cfg.batch_size)
@@ -68,7 +81,8 @@ class VAEMethod(Method):
 
     def loss(self, phase, batch):
         x = batch["video"]
-        post = self.vae.encode(x).latent_dist
+        with torch.set_grad_enabled(not self.cfg.decoder_only):
+            post = self.vae.encode(x).latent_dist
         rec = self.vae.decode(post.sample()).sample
         l1 = (rec - x).abs().mean()
         mse = ((rec - x) ** 2).mean()
@@ -103,8 +117,11 @@ class VAEMethod(Method):
             vids = torch.stack([self.data[j]["video"] for j in range(i, min(i + 16, self.cfg.scale_clips))])
             lat.append(self.vae.encode(vids.to(self.device)).latent_dist.mode())
         lat = torch.cat(lat)
-        scale = float(1.0 / lat.std())
-        self.vae.register_to_config(scaling_factor=scale)
+        if self.cfg.decoder_only:  # the latent space is unchanged, so is its scale
+            scale = float(self.vae.config.scaling_factor)
+        else:
+            scale = float(1.0 / lat.std())
+            self.vae.register_to_config(scaling_factor=scale)
         self.vae.save_pretrained(out_dir / "vae")
         report = {
             "psnr_heldout_db": self.heldout_psnr(),
