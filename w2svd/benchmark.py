@@ -19,22 +19,25 @@ from w2svd.config import ConfigError
 from w2svd.data import heldout_examples
 from w2svd.eval import metrics
 from w2svd.eval.features import load_feature_nets
-from w2svd.pipeline import VideoGenerator
+from w2svd.pipeline import GENERATOR_META, VideoGenerator
 
 
 @dataclasses.dataclass
 class Row:
     name: str
-    kind: str  # real | base (Euler on the base) | lora (a distilled LoRA's few-step sampler)
+    kind: str  # real | base (Euler on the base) | lora (a distilled LoRA) | transformer (a full distilled one)
     steps: int = 0  # 0: the model's default
     lora: str = ""  # LoRA folder/file/Hub id for kind=lora
+    path: str = ""  # run folder or its transformer/ subfolder for kind=transformer (DMD with full copies)
     run_dir: str = ""  # training run folder, to report training steps and wall time
 
     def validate(self) -> None:
-        if self.kind not in ("real", "base", "lora"):
-            raise ConfigError(f"rows[{self.name}].kind={self.kind!r} must be 'real', 'base' or 'lora'")
+        if self.kind not in ("real", "base", "lora", "transformer"):
+            raise ConfigError(f"rows[{self.name}].kind={self.kind!r} must be 'real', 'base', 'lora' or 'transformer'")
         if self.kind == "lora" and not self.lora:
             raise ConfigError(f"rows[{self.name}] has kind=lora but no `lora` path")
+        if self.kind == "transformer" and not self.path:
+            raise ConfigError(f"rows[{self.name}] has kind=transformer but no `path` (the run folder)")
 
 
 @dataclasses.dataclass
@@ -77,7 +80,7 @@ class TimedGenerator:
 
     def __call__(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
         steps = self.row.steps or None
-        if self.row.kind == "lora":
+        if self.row.kind in ("lora", "transformer"):
             res = self.gen.few_step(prompts, seeds, steps=steps)
         else:
             res = self.gen.baseline(prompts, seeds, steps=steps)
@@ -93,9 +96,9 @@ def training_info(run_dir: str) -> dict[str, Any]:
     if not run_dir:
         return {}
     info: dict[str, Any] = {}
-    meta = Path(run_dir) / "w2svd_lora.json"
-    if meta.is_file():
-        info["training_steps"] = json.loads(meta.read_text()).get("training_steps")
+    for meta in (Path(run_dir) / "w2svd_lora.json", Path(run_dir) / "transformer" / GENERATOR_META):
+        if meta.is_file():
+            info["training_steps"] = json.loads(meta.read_text()).get("training_steps")
     timing = Path(run_dir) / "train_time.json"
     if timing.is_file():
         info["training_seconds"] = json.loads(timing.read_text()).get("seconds")
@@ -119,6 +122,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         else:
             if row.kind == "lora":
                 gen.load_lora(row.lora)
+            elif row.kind == "transformer":
+                gen.load_transformer(row.path)
             timed = TimedGenerator(gen, row)
             fn = timed
         start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Loss objects shared by the training methods: flow matching and (weak-to-strong) distribution matching.
+"""Losses shared by the training methods: flow matching, (weak-to-strong) distribution matching, consistency.
 
 Rectified-flow notation: x_s = (1 - s) * x0 + s * eps, v = eps - x0, x0_hat = x_s - s * v.
 """
@@ -81,3 +81,31 @@ class DistributionMatchingLoss:
             "dm/real_fake_gap": float((x0_fake - x0_real).abs().mean()),
         }
         return loss, terms
+
+
+def consistency_target(
+    teacher_velocity: VelocityFn,
+    target_x0: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x_hi: torch.Tensor,
+    s_hi: torch.Tensor,
+    s_lo: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LCM's target, without gradient: one teacher Euler step x_hi -> x_lo, then the target network's f(x_lo, s_lo).
+
+    ``target_x0(x, s)`` is the target consistency function (an x0 prediction); s_hi, s_lo have shape (B,).
+    Returns (x_lo, target).
+    """
+    with torch.no_grad():
+        x_lo = x_hi + _bcast(s_lo - s_hi, x_hi) * teacher_velocity(x_hi, s_hi)
+        return x_lo, target_x0(x_lo, s_lo)
+
+
+def consistency_distance(
+    pred: torch.Tensor, target: torch.Tensor, kind: str = "huber", huber_c: float = 1e-3
+) -> torch.Tensor:
+    """Mean pseudo-Huber sqrt(d^2 + c^2) - c (LCM's choice) or mean squared error between pred and target."""
+    if kind == "huber":
+        return (torch.sqrt((pred.float() - target.float()) ** 2 + huber_c**2) - huber_c).mean()
+    if kind == "l2":
+        return F.mse_loss(pred.float(), target.float())
+    raise ValueError(f"kind={kind!r} must be 'huber' or 'l2'")

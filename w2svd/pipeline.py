@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -65,6 +66,9 @@ def load_base(name_or_path: str = "embedded", device: str | None = None, dtype: 
 
 
 ADAPTER = "w2svd"
+GENERATOR_META = "w2svd_generator.json"  # metadata beside a full distilled transformer (DMD with copies)
+# config entries a full generator transformer must share with the base it samples with
+SHARED_CONFIG = ("in_channels", "out_channels", "patch_size", "patch_size_t", "text_embed_dim", "pooled_projection_dim")
 
 
 class VideoGenerator:
@@ -73,7 +77,8 @@ class VideoGenerator:
     def __init__(self, pipe, defaults: GenerationDefaults) -> None:
         self.pipe, self.defaults = pipe, defaults
         self.backbone: Backbone = backbone_for(pipe)
-        self.lora_meta: dict | None = None  # set by load_lora
+        self.lora_meta: dict | None = None  # the distilled generator's metadata, set by load_lora/load_transformer
+        self.generator_transformer = None  # a full distilled transformer (load_transformer); None: the LoRA
 
     @classmethod
     def from_pretrained(
@@ -92,40 +97,87 @@ class VideoGenerator:
         if not meta.get("sigmas_by_steps"):
             raise ValueError(f"{path} has no w2svd metadata (sigmas_by_steps); was it exported by w2svd?")
         check_lora_fits(self.pipe.transformer, path)
-        if self.lora_meta is not None:
-            self.pipe.delete_adapters(ADAPTER)
+        self._drop_generator()
         self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER, use_safetensors=True)
         self.lora_meta = meta
         return meta
+
+    # ---- a full distilled transformer (DMD with full copies) -----------------------------------
+    def load_transformer(self, folder: str | Path) -> dict:
+        """Use a full distilled transformer (``<run>/transformer``) for few_step; the base stays for baseline."""
+        folder = Path(folder)
+        if (folder / "transformer" / "config.json").is_file():
+            folder = folder / "transformer"
+        meta_path = folder / GENERATOR_META
+        if not (folder / "config.json").is_file() or not meta_path.is_file():
+            raise FileNotFoundError(
+                f"{folder} is not a distilled transformer folder (needs config.json and {GENERATOR_META}); "
+                "pass the output_dir of a method.roles=copies run or its transformer/ subfolder"
+            )
+        meta = json.loads(meta_path.read_text())
+        if not meta.get("sigmas_by_steps"):
+            raise ValueError(f"{meta_path} has no sigmas_by_steps; was it exported by w2svd?")
+        base = self.pipe.transformer
+        transformer = type(base).from_pretrained(folder, dtype=base.dtype).to(base.device).eval()
+        for key in SHARED_CONFIG:
+            if transformer.config.get(key) != base.config.get(key):
+                raise ValueError(
+                    f"{folder} does not fit the base: {key}={transformer.config.get(key)} but the base has "
+                    f"{base.config.get(key)}; load the base it was distilled from"
+                )
+        self._drop_generator()
+        self.generator_transformer, self.lora_meta = transformer, meta
+        return meta
+
+    def _drop_generator(self) -> None:
+        """Forget the loaded distilled generator (LoRA adapter or full transformer)."""
+        if self.generator_transformer is None and self.lora_meta is not None:
+            self.pipe.delete_adapters(ADAPTER)
+        self.generator_transformer, self.lora_meta = None, None
+
+    @contextlib.contextmanager
+    def _sampling_with(self, transformer):
+        """Route the backbone's velocity through ``transformer`` for the duration of the block."""
+        base, self.backbone.transformer = self.backbone.transformer, transformer
+        try:
+            yield
+        finally:
+            self.backbone.transformer = base
 
     @property
     def few_step_options(self) -> list[int]:
         return sorted(int(k) for k in (self.lora_meta or {}).get("sigmas_by_steps", {}))
 
     def few_step(self, prompts: list[str], seeds: list[int], steps: int | None = None, **kw) -> GenerationResult:
-        """Sample with the distilled LoRA on the sigma list it was trained for."""
+        """Sample with the distilled generator (LoRA or full transformer) on the sigmas it was trained for."""
         if self.lora_meta is None:
-            raise RuntimeError("no distilled LoRA loaded: call load_lora(...) or pass lora= to from_pretrained")
+            raise RuntimeError(
+                "no distilled LoRA loaded: call load_lora(...) or pass lora= to from_pretrained "
+                "(load_transformer(...) for a full distilled transformer)"
+            )
         table = self.lora_meta["sigmas_by_steps"]
         steps = int(steps or self.lora_meta.get("default_steps", self.few_step_options[0]))
         if str(steps) not in table:
-            raise ValueError(f"this LoRA supports {self.few_step_options} steps, not {steps}")
-        self.pipe.enable_lora()
-        self.pipe.set_adapters([ADAPTER], [1.0])
+            raise ValueError(f"this distilled generator supports {self.few_step_options} steps, not {steps}")
         guidance = float(self.lora_meta.get("guidance_scale", self.defaults.guidance_scale))
         sigmas = torch.tensor(table[str(steps)], dtype=torch.float32)
-        return self.generate(
-            prompts, seeds, sigmas=sigmas, renoise=bool(self.lora_meta.get("renoise", True)), guidance=guidance, **kw
-        )
+        renoise = bool(self.lora_meta.get("renoise", True))
+        if self.generator_transformer is not None:
+            with self._sampling_with(self.generator_transformer):
+                return self.generate(prompts, seeds, sigmas=sigmas, renoise=renoise, guidance=guidance, **kw)
+        self.pipe.enable_lora()
+        self.pipe.set_adapters([ADAPTER], [1.0])
+        return self.generate(prompts, seeds, sigmas=sigmas, renoise=renoise, guidance=guidance, **kw)
 
     def baseline(self, prompts: list[str], seeds: list[int], steps: int | None = None, **kw) -> GenerationResult:
         """The base model alone (LoRA disabled), Euler at its native step count."""
-        if self.lora_meta is not None:
+        lora = self.lora_meta is not None and self.generator_transformer is None
+        if lora:
             self.pipe.disable_lora()
         try:
             return self.generate(prompts, seeds, steps=steps, **kw)
         finally:
-            if self.lora_meta is not None:
+            if lora:
                 self.pipe.enable_lora()
 
     # ---- input checks -------------------------------------------------------------------------

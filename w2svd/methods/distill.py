@@ -4,37 +4,44 @@ generator  = backbone + generator LoRA (scale 1), sampled on a fixed few-step si
 fake score = backbone + fake-score LoRA (scale 1)
 real score = backbone + alpha_weak * fake-score LoRA, no gradient (alpha_weak = 0: vanilla DMD)
 
+``method.roles=copies`` instead trains full generator and fake-score copies of the transformer beside
+the frozen teacher (DMD2 / FastVideo), for the memory comparison and as a baseline (see roles.py).
 Our reading of arXiv 2503.13319 (see README): the paper's equations were not available to us.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from w2svd.backbones import Cond, backbone_for
+from w2svd.backbones import Backbone, Cond, backbone_for
 from w2svd.config import ConfigError
 from w2svd.data import PortraitDataset
-from w2svd.lora import lora_config, save_lora, trainable_lora_params
-from w2svd.losses import DistributionMatchingLoss, FlowMatchingLoss, NoiseLevels
+from w2svd.losses import DistributionMatchingLoss, FlowMatchingLoss, NoiseLevels, VelocityFn
 from w2svd.methods.base import Method, register
-from w2svd.sampling import get_sigmas
+from w2svd.methods.roles import FAKE, GENERATOR, REAL, ROLES
+from w2svd.sampling import get_sigmas, sample_renoise
 from w2svd.training import latent_cache
+from w2svd.training.config import DataConfig
+from w2svd.training.ema import EMA
 
 log = logging.getLogger(__name__)
-GENERATOR, FAKE = "generator", "fake_score"
+__all__ = ["FAKE", "GENERATOR", "REAL", "DistillConfig", "DistillMethod", "load_teacher"]
 
 
 @dataclasses.dataclass
 class DistillConfig:
     base: str = "embedded"  # teacher pipeline: 'embedded', a folder, or a Hub id
     random_base: dict[str, Any] = dataclasses.field(default_factory=dict)  # {vae_init, text, transformer}: tests
+    roles: str = "lora"  # lora: two LoRAs on one frozen backbone | copies: full generator and fake copies (DMD2)
     steps: int = 4  # generator sampling steps
     generator_shift: float = 5.0  # the step list is get_sigmas(steps, generator_shift)
     alpha_weak: float = 0.25  # real score = backbone + alpha_weak * fake LoRA
@@ -60,6 +67,13 @@ class DistillConfig:
     def validate(self) -> None:
         if not 0.0 <= self.alpha_weak <= 1.0:
             raise ConfigError(f"method.alpha_weak={self.alpha_weak} must be in [0, 1] (0 is vanilla DMD)")
+        if self.roles not in ROLES:
+            raise ConfigError(f"method.roles={self.roles!r} must be one of {sorted(ROLES)}")
+        if self.roles == "copies" and self.alpha_weak != 0:
+            raise ConfigError(
+                f"method.alpha_weak={self.alpha_weak} must be 0 with method.roles=copies: the real score is the "
+                "frozen teacher copy, with no fake-score LoRA to shift it by; set method.alpha_weak=0 or use roles=lora"
+            )
         if self.steps < 1:
             raise ConfigError(f"method.steps={self.steps} must be >= 1")
         if self.fake_updates_per_generator_update < 1:
@@ -92,7 +106,7 @@ def load_teacher(cfg: DistillConfig, device: torch.device):
 
 @register
 class DistillMethod(Method):
-    """Generator and fake-score LoRAs on one frozen backbone; the fake score is updated more often."""
+    """Generator, fake score and real score reached through ``roles``; the fake score is updated more often."""
 
     name = "w2svd"
     config_class = DistillConfig
@@ -101,12 +115,9 @@ class DistillMethod(Method):
         super().__init__(cfg, train, device)
         self.pipe, self.base_name = load_teacher(cfg, device)
         self.backbone = backbone_for(self.pipe)
-        self.transformer = t = self.pipe.transformer
-        t.requires_grad_(False)
-        regex = self.backbone.lora_target_regex
-        t.add_adapter(lora_config(cfg.generator_rank, cfg.generator_lora_alpha, regex), adapter_name=GENERATOR)
-        t.add_adapter(lora_config(cfg.fake_rank, cfg.fake_lora_alpha, regex), adapter_name=FAKE)
-        self.params = {GENERATOR: trainable_lora_params(t, GENERATOR), FAKE: trainable_lora_params(t, FAKE)}
+        self.transformer = self.pipe.transformer  # the shared backbone (lora) or the frozen teacher (copies)
+        self.roles = ROLES[cfg.roles](self.backbone, cfg)
+        self.params = self.roles.params
         self.sigmas = get_sigmas(cfg.steps, cfg.generator_shift)
         levels = NoiseLevels(cfg.noise_shift)
         self.fm_loss = FlowMatchingLoss(levels)
@@ -116,43 +127,29 @@ class DistillMethod(Method):
         d = train.data
         data = PortraitDataset("train", seed=d.seed, num_frames=d.num_frames, size=d.size)
         self.cache = latent_cache.load_or_build(self.backbone, data, cfg.cache_clips, cfg.cache_dir)
-        self.ema = {n: p.detach().clone() for n, p in self._named(GENERATOR)} if cfg.ema_decay > 0 else None
+        self.ema = EMA(self.roles.named(GENERATOR), cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.generator_updates = 0
 
-    # ---- adapters ------------------------------------------------------------------------------
-    def _named(self, adapter: str):
-        return [(n, p) for n, p in self.transformer.named_parameters() if f".{adapter}." in n]
-
-    def use(self, adapter: str, scale: float = 1.0) -> None:
-        """Make ``adapter`` the only active one, at ``scale`` (0 reproduces the backbone exactly)."""
-        self.transformer.set_adapters([adapter], [scale])
-
+    # ---- roles -----------------------------------------------------------------------------------
     def arm(self, phase: str) -> None:
-        """Activate the adapter trained in ``phase`` and set requires_grad on it alone.
+        """Make the module trained in ``phase`` the only one with requires_grad (autograd reads it at backward)."""
+        self.roles.arm(phase)
 
-        peft flips requires_grad when adapters are switched, and autograd reads the flag at backward
-        time: without this, a generator loss computed after a fake-score forward gets no gradient.
-        """
-        self.use(phase)
-        for name, params in self.params.items():
-            for p in params:
-                p.requires_grad_(name == phase)
+    def velocity_fn(self, cond: Cond, role: str, scale: float | None = None):
+        """``role``'s velocity as a function of (x, s); ``scale`` overrides the LoRA scale (lora roles only)."""
 
-    def velocity_fn(self, cond: Cond, adapter: str, scale: float = 1.0):
         def fn(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-            self.use(adapter, scale)
-            return self.backbone.velocity(x, s, cond)
+            return self.roles.velocity(role, x, s, cond, scale)
 
         return fn
 
     def real_velocity_fn(self, cond: Cond, uncond: Cond | None):
-        """The weak-to-strong real score: backbone + alpha_weak * fake LoRA, with optional true CFG."""
+        """The (weak-to-strong) real score, with optional true CFG against the empty prompt."""
 
         def fn(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-            self.use(FAKE, self.cfg.alpha_weak)
-            v = self.backbone.velocity(x, s, cond)
+            v = self.roles.velocity(REAL, x, s, cond)
             if uncond is not None and self.cfg.real_cfg_scale != 1.0:
-                v_u = self.backbone.velocity(x, s, uncond)
+                v_u = self.roles.velocity(REAL, x, s, uncond)
                 v = v_u + self.cfg.real_cfg_scale * (v - v_u)
             return v
 
@@ -162,18 +159,17 @@ class DistillMethod(Method):
     def generator_x0(self, noise: torch.Tensor, cond: Cond, k: int, grad: bool) -> torch.Tensor:
         """Backward simulation: roll the generator out without gradient to step k, then predict x0 there."""
         x = noise
+        v = self.velocity_fn(cond, GENERATOR)
         with torch.no_grad():
-            self.use(GENERATOR)
             for i in range(k):
                 s, s_next = self.sigmas[i], self.sigmas[i + 1]
-                x0 = x - s * self.backbone.velocity(x, s, cond)
+                x0 = x - s * v(x, s)
                 x = (1 - s_next) * x0 + s_next * torch.randn_like(x0)
         s = self.sigmas[k]
         if grad:
             self.arm(GENERATOR)
         with torch.set_grad_enabled(grad):
-            self.use(GENERATOR)
-            return x - s * self.backbone.velocity(x, s, cond)
+            return x - s * v(x, s)
 
     def pick_step(self, step: int) -> int:
         if not self.cfg.backward_simulation:
@@ -222,59 +218,44 @@ class DistillMethod(Method):
         return loss, terms
 
     def after_step(self, phase: str) -> None:
-        """EMA of the generator LoRA after each generator update."""
+        """EMA of the generator after each generator update."""
         if phase != GENERATOR:
             return
         self.generator_updates += 1
         if self.ema is not None:
-            with torch.no_grad():
-                for n, p in self._named(GENERATOR):
-                    self.ema[n].lerp_(p.detach(), 1 - self.cfg.ema_decay)
+            self.ema.update()
 
     def trainable_state(self):
-        state = {n: p.detach() for a in (GENERATOR, FAKE) for n, p in self._named(a)}
+        state = {n: p.detach() for r in (GENERATOR, FAKE) for n, p in self.roles.named(r)}
         if self.ema is not None:
-            state.update({f"ema::{n}": t for n, t in self.ema.items()})
+            state.update({f"ema::{n}": t for n, t in self.ema.state_dict().items()})
         state["generator_updates"] = torch.tensor(self.generator_updates)
         return state
 
     def load_trainable_state(self, state):
-        named = dict(self.transformer.named_parameters())
+        named = dict(self.roles.named(GENERATOR) + self.roles.named(FAKE))
         with torch.no_grad():
             for n, t in state.items():
                 if n == "generator_updates":
                     self.generator_updates = int(t)
                 elif n.startswith("ema::"):
-                    self.ema[n[5:]].copy_(t)
+                    self.ema.shadow[n[5:]].copy_(t)
                 else:
                     named[n].copy_(t)
 
     def train(self, mode: bool = True) -> None:
-        self.transformer.train(mode)
+        self.roles.train(mode)
 
     # ---- sampling, validation, export ---------------------------------------------------------
-    @torch.no_grad()
     def sample(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
         """Few-step generator samples decoded to video in [-1, 1] (the same sampler the pipeline uses)."""
-        from w2svd.sampling import sample_renoise
-
         d = self.train_cfg.data
-        cond = self.backbone.encode_prompts(prompts)
-        shape = self.backbone.latent_shape(d.num_frames, d.size, d.size)
-        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-        gen = torch.Generator(device=self.device).manual_seed(seeds[0])
-        lat = sample_renoise(self.velocity_fn(cond, GENERATOR), noise.to(self.device), self.sigmas, generator=gen)
-        return self.backbone.decode_latents(lat)
+        return few_step_videos(
+            self.backbone, lambda c: self.velocity_fn(c, GENERATOR), self.sigmas, d, prompts, seeds, self.device
+        )
 
     def validate(self, step: int, out_dir: Path) -> dict[str, float]:
-        from w2svd.data import heldout_examples, tensor_to_video
-        from w2svd.data.__main__ import grid_image
-
-        examples = heldout_examples(self.cfg.val_prompts)
-        video = self.sample([e.prompt for e in examples], [e.seed for e in examples])
-        clips = np.stack([tensor_to_video(v) for v in video])
-        out_dir.mkdir(parents=True, exist_ok=True)
-        grid_image(clips, [e.prompt for e in examples]).save(out_dir / f"step-{step:07d}.png")
+        write_validation_grid(self.sample, self.cfg.val_prompts, step, out_dir)
         self.arm(FAKE)
         return {}
 
@@ -282,6 +263,7 @@ class DistillMethod(Method):
         c = self.cfg
         return {
             "method": "w2svd" if (c.alpha_weak > 0 or c.lambda_gt > 0) else "dmd",
+            "roles": c.roles,
             "base_model": self.base_name,
             "sigmas_by_steps": {str(c.steps): [round(float(s), 6) for s in self.sigmas]},
             "default_steps": c.steps,
@@ -297,14 +279,40 @@ class DistillMethod(Method):
         }
 
     def export(self, out_dir: Path) -> None:
-        named = dict(self._named(GENERATOR))
-        backup = {n: p.detach().clone() for n, p in named.items()} if self.ema is not None else None
-        with torch.no_grad():
-            if backup is not None:
-                for n, p in named.items():
-                    p.copy_(self.ema[n])
-            save_lora(self.transformer, GENERATOR, out_dir, self.metadata(), type(self.pipe))
-            if backup is not None:
-                for n, p in named.items():
-                    p.copy_(backup[n])
+        """The generator (EMA weights when ema_decay > 0): a diffusers LoRA, or a transformer folder (copies)."""
+        with self.ema.swapped() if self.ema is not None else contextlib.nullcontext(), torch.no_grad():
+            self.roles.export(out_dir, self.metadata(), type(self.pipe))
         log.info("exported %s", json.dumps(self.metadata()))
+
+
+@torch.no_grad()
+def few_step_videos(
+    backbone: Backbone,
+    velocity_for: Callable[[Cond], VelocityFn],
+    sigmas: torch.Tensor,
+    data: DataConfig,
+    prompts: list[str],
+    seeds: list[int],
+    device: torch.device,
+) -> torch.Tensor:
+    """Decoded videos in [-1, 1] from ``sample_renoise`` with ``velocity_for(cond)``, per-seed CPU noise."""
+    cond = backbone.encode_prompts(prompts)
+    shape = backbone.latent_shape(data.num_frames, data.size, data.size)
+    noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    gen = torch.Generator(device=device).manual_seed(seeds[0])
+    lat = sample_renoise(velocity_for(cond), noise.to(device), sigmas, generator=gen)
+    return backbone.decode_latents(lat)
+
+
+def write_validation_grid(
+    sample: Callable[[list[str], list[int]], torch.Tensor], n: int, step: int, out_dir: Path
+) -> None:
+    """Samples of the first ``n`` held-out prompts as ``out_dir/step-XXXXXXX.png``."""
+    from w2svd.data import heldout_examples, tensor_to_video
+    from w2svd.data.__main__ import grid_image
+
+    examples = heldout_examples(n)
+    video = sample([e.prompt for e in examples], [e.seed for e in examples])
+    clips = np.stack([tensor_to_video(v) for v in video])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    grid_image(clips, [e.prompt for e in examples]).save(out_dir / f"step-{step:07d}.png")

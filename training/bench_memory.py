@@ -1,0 +1,290 @@
+"""Training memory per step: full fine-tune vs W2SVD (LoRA roles) vs DMD with full copies (and DMD-LoRA, LCM).
+
+python training/bench_memory.py [--size tiny|embedded] [--steps 3] [--device cpu|cuda]
+
+Each case builds its method from the shipped configs on a randomly initialised base of the chosen size and
+runs ``--steps`` training steps exactly as w2svd.training.loop does (every phase: loss, backward, clip,
+AdamW step, zero_grad(set_to_none)), in a fresh subprocess. CPU: resident memory from /proc and
+resource.getrusage (peak reset with /proc/self/clear_refs after building); CUDA: torch.cuda allocator
+counters. Then prints an analytic table at HunyuanVideo-13B proportions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a clone without installing
+CONFIGS = ROOT / "training" / "configs"
+CASES = ("full-finetune", "w2svd-lora", "dmd-lora", "dmd-copies", "lcm-lora")
+MiB = 2**20
+
+
+def load_yaml(name: str) -> dict:
+    return yaml.safe_load((CONFIGS / name).read_text())
+
+
+def case_config(case: str, size: str, cache_dir: str) -> dict:
+    """A TrainConfig dict for ``case`` at ``size``: tiny_w2svd.yaml, or the embedded configs with a random init."""
+    if size == "tiny":
+        run = load_yaml("tiny_w2svd.yaml")
+        method = run["method"]
+        random_base = method["random_base"]
+    else:
+        run = load_yaml("embedded_w2svd.yaml")
+        method = run["method"]
+        teacher = load_yaml("embedded_teacher.yaml")["method"]
+        vae = load_yaml("embedded_vae.yaml")["method"]["model"]
+        random_base = {"vae_init": vae, "text": teacher["text"], "transformer": teacher["transformer"]}
+    common = {"cache_dir": cache_dir, "cache_clips": run["batch_size"], "val_prompts": 1}
+    dmd = {**method, **common, "random_base": random_base, "fake_updates_per_generator_update": 1}
+    lora = {"rank": method["generator_rank"], "lora_alpha": method["generator_lora_alpha"]}
+    methods = {
+        "full-finetune": {"name": "flow_matching", **random_base, **common, "shift": method.get("noise_shift", 3.0)},
+        "w2svd-lora": dmd,
+        "dmd-lora": {**dmd, "alpha_weak": 0.0, "lambda_gt": 0.0},
+        "dmd-copies": {**dmd, "roles": "copies", "alpha_weak": 0.0, "lambda_gt": 0.0},
+        "lcm-lora": {"name": "lcm", "random_base": random_base, **common, **lora, "ema_decay": 0.95},
+    }
+    return {
+        "method": methods[case],
+        "output_dir": str(Path(cache_dir) / "run"),
+        "batch_size": run["batch_size"],
+        "data": run["data"],
+        "optim": run.get("optim", {}),
+        "max_steps": 10,
+    }
+
+
+# ---- one case, in its own process ----------------------------------------------------------------
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak() -> bool:
+    """Reset the peak-RSS counter (Linux >= 4.0); False where it cannot be reset."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def release_free_memory() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # return freed heap to the OS so RSS counts live memory
+    except OSError:
+        pass
+
+
+def run_case(case: str, size: str, steps: int, device_name: str) -> dict:
+    import torch
+
+    from w2svd.config import from_dict
+    from w2svd.training.config import TrainConfig
+    from w2svd.training.loop import build_method
+
+    torch.set_num_threads(1)
+    device = torch.device(device_name)
+    cuda = device.type == "cuda"
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = from_dict(TrainConfig, case_config(case, size, tmp))
+        release_free_memory()
+        start = torch.cuda.memory_allocated() if cuda else rss_bytes()
+        torch.manual_seed(0)
+        method = build_method(cfg, device)
+        groups = method.param_groups()
+        o = cfg.optim
+        optimizers = {
+            phase: torch.optim.AdamW(params, lr=lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+            for phase, (params, lr) in groups.items()
+        }
+        method.train(True)
+        release_free_memory()
+        if cuda:
+            torch.cuda.synchronize()
+            built = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            reset = True
+        else:
+            built, reset = rss_bytes(), reset_peak()
+        phases = []
+        for step in range(steps):  # as w2svd.training.loop.train does it
+            batch = method.batch(step)
+            for phase in method.phases(step):
+                loss, _ = method.loss(phase, batch)
+                loss.backward()
+                if o.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(groups[phase][0], o.grad_clip)
+                optimizers[phase].step()
+                optimizers[phase].zero_grad(set_to_none=True)
+                method.after_step(phase)
+                phases.append(phase)
+        if cuda:
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        trainable = {id(p): p.numel() for params, _ in groups.values() for p in params}
+        modules = [method.transformer, *getattr(getattr(method, "roles", None), "modules", {}).values()]
+        held = {id(p): p.numel() for m in modules for p in m.parameters()}
+        return {
+            "case": case,
+            "trainable_params": sum(trainable.values()),
+            "transformer_params_held": sum(held.values()),
+            "start": start,
+            "built": built,
+            "peak": max(peak, built),
+            "peak_reset": reset,
+            "phases": sorted(set(phases)),
+        }
+
+
+# ---- the tables --------------------------------------------------------------------------------------
+def measure(size: str, steps: int, device: str) -> list[dict]:
+    rows = []
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for case in CASES:
+        cmd = [sys.executable, __file__, "--child", case, "--size", size, "--steps", str(steps), "--device", device]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"case {case} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"  measured {case}", file=sys.stderr)
+    return rows
+
+
+def print_measured(rows: list[dict], size: str, steps: int, device: str) -> None:
+    ref = rows[0]
+    ref_total, ref_step = ref["peak"] - ref["start"], ref["peak"] - ref["built"]
+    print(f"\nMeasured training memory, {size} model, {steps} steps per case, {device}, 1 thread")
+    print("(models = after building pipeline, latent cache, method and optimisers, minus before; step = peak during")
+    print(" the steps minus after building: gradients, AdamW states, activations; total = peak minus before)\n")
+    print(
+        "| case | trainable params | transformer params held | models MiB | step MiB | total MiB "
+        "| step / FT | total / FT |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        step, total = r["peak"] - r["built"], r["peak"] - r["start"]
+        print(
+            f"| {r['case']} | {r['trainable_params']:,} | {r['transformer_params_held']:,} | "
+            f"{(r['built'] - r['start']) / MiB:.1f} | {step / MiB:.1f} | {total / MiB:.1f} | "
+            f"{step / max(ref_step, 1):.2f} | {total / max(ref_total, 1):.2f} |"
+        )
+    if not all(r["peak_reset"] for r in rows):
+        print("\nwarning: the peak counter could not be reset; step peaks include the build peak")
+
+
+ASSUMPTIONS = """
+Analytic memory at HunyuanVideo-13B proportions: transformer {P:.2f} B params, hidden {h}, {blocks} blocks;
+LoRA r={rank} on the attention/FF linears of the blocks: {L:.1f} M params per adapter.
+Assumptions: bf16 weights (2 B/param) for frozen and trained parameters alike; bf16 gradients (2 B) only for
+the phase being trained (the loop zeroes with set_to_none between phases); AdamW exp_avg + exp_avg_sq in fp32
+(8 B/param) for every trained parameter; an fp32 master copy, if kept, adds 4 B per trained parameter (column
+'fp32 master', not in 'static'). Whole run, unsharded: divide the static columns by N GPUs under FSDP/ZeRO-3.
+Activations: {act:g} B per token per hidden unit per block in bf16 (Korthikanti et al. 2022 block estimate;
+flash attention, so no tokens^2 term), the same for LoRA and full training (LoRA still backpropagates through
+every frozen block); W2SVD keeps 2 graphs in its fake-score phase (generated + ground-truth latents in one
+backward). With block checkpointing only block inputs stay (2 B x hidden x blocks per token) plus one block
+being recomputed. Per clip: {tokens:,} tokens (544x960, 21 latent frames, 2x2 patches).
+Not counted: text encoders, VAE, CUDA context, allocator fragmentation, the no-grad score passes.
+"""
+
+
+def hunyuan_counts(ranks: tuple[int, ...]) -> dict:
+    """Parameter count of HunyuanVideo-13B's transformer (diffusers defaults, meta device) and its LoRA sizes."""
+    import torch
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    from w2svd.backbones.hunyuan import HunyuanVideoBackbone
+
+    with torch.device("meta"):
+        model = HunyuanVideoTransformer3DModel()
+    c = model.config
+    target = re.compile(HunyuanVideoBackbone.lora_target_regex)
+    linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and target.fullmatch(n)]
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "lora": {r: sum(r * (m.in_features + m.out_features) for m in linears) for r in ranks},
+        "hidden": c.num_attention_heads * c.attention_head_dim,
+        "blocks": c.num_layers + c.num_single_layers,
+    }
+
+
+def print_analytic(rank: int, act_coeff: float, tokens: int) -> None:
+    counts = hunyuan_counts((rank,))
+    P, L, h, blocks = counts["params"], counts["lora"][rank], counts["hidden"], counts["blocks"]
+    GB = 1e9
+    act_token = act_coeff * h * blocks  # bytes kept for backward per token, one graph, no checkpointing
+    ckpt_token = 2 * h * blocks  # block inputs only, with per-block gradient checkpointing
+    # (name, frozen params, trained params, params with gradients at once, graphs kept for backward)
+    rows = [
+        ("full fine-tune (1 model)", 0, P, P, 1),
+        (f"W2SVD (LoRA roles, r={rank}, lambda_gt>0)", P, 2 * L, L, 2),
+        (f"DMD with LoRA fake score (r={rank})", P, 2 * L, L, 1),
+        ("DMD with full copies (DMD2/FastVideo)", P, 2 * P, P, 1),
+        (f"LCM-LoRA (r={rank}, EMA target LoRA)", P + L, L, L, 1),
+    ]
+    print(ASSUMPTIONS.format(P=P / 1e9, h=h, blocks=blocks, rank=rank, L=L / 1e6, act=act_coeff, tokens=tokens))
+    print(
+        "| method | weights GB | grads GB | AdamW GB | fp32 master GB | static GB | static / DMD-copies | "
+        "act. MB/token | act. GB/clip | act. GB/clip (ckpt) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    table = []
+    for name, frozen, trained, with_grad, graphs in rows:
+        weights, grads, adam, master = (frozen + trained) * 2, with_grad * 2, trained * 8, trained * 4
+        act_ckpt = graphs * ckpt_token * tokens + act_coeff * h * tokens  # + one block being recomputed
+        table.append((name, weights, grads, adam, master, weights + grads + adam, graphs * act_token, act_ckpt))
+    copies_static = next(row[5] for row in table if "copies" in row[0])
+    for name, weights, grads, adam, master, static, act, act_ckpt in table:
+        print(
+            f"| {name} | {weights / GB:.1f} | {grads / GB:.2f} | {adam / GB:.2f} | {master / GB:.2f} | "
+            f"{static / GB:.1f} | {static / copies_static:.2f} | {act / 1e6:.2f} | {act * tokens / GB:.0f} | "
+            f"{act_ckpt / GB:.1f} |"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=("tiny", "embedded"), default="tiny", help="tiny_w2svd.yaml or embedded configs")
+    ap.add_argument("--steps", type=int, default=3, help="training steps per case (each has every phase)")
+    ap.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    ap.add_argument("--rank", type=int, default=64, help="LoRA rank for the 13B analytic table")
+    ap.add_argument("--act-coeff", type=float, default=34.0, help="activation bytes per token per hidden per block")
+    ap.add_argument("--no-measure", action="store_true", help="print only the analytic table")
+    ap.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_case(args.child, args.size, args.steps, args.device)))
+        return 0
+    if not args.no_measure:
+        print_measured(measure(args.size, args.steps, args.device), args.size, args.steps, args.device)
+    print_analytic(args.rank, args.act_coeff, tokens=21 * (544 // 16) * (960 // 16))
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

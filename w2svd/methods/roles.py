@@ -1,0 +1,155 @@
+"""The three roles of distribution-matching distillation (generator, fake score, real score) on a backbone.
+
+Two realisations behind one small interface, chosen by ``method.roles``:
+
+- ``LoraRoles`` (W2SVD, default): one frozen backbone holds a generator LoRA and a fake-score LoRA;
+  the real score is the fake-score LoRA at scale ``alpha_weak`` (0: the frozen backbone).
+- ``CopiesRoles`` (DMD2 / FastVideo): full-parameter generator and fake-score copies of the transformer
+  (``copy.deepcopy``, every parameter trained) beside the frozen original as the real score.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig
+
+from w2svd.backbones import Backbone, Cond
+from w2svd.lora import lora_config, save_lora, trainable_lora_params
+from w2svd.pipeline import GENERATOR_META
+
+GENERATOR, FAKE, REAL = "generator", "fake_score", "real_score"
+
+
+class LoraAdapters:
+    """Named LoRA adapters on one frozen transformer, with the gradient care peft needs.
+
+    peft's ``set_adapters`` flips ``requires_grad`` of inactive adapters and autograd reads the flag at
+    backward time, so a loss must end with ``arm(trained_adapter)`` or its adapter silently gets no gradient.
+    """
+
+    def __init__(self, transformer, configs: dict[str, LoraConfig]) -> None:
+        self.transformer = transformer
+        transformer.requires_grad_(False)
+        for name, config in configs.items():
+            transformer.add_adapter(config, adapter_name=name)
+        self.params = {name: trainable_lora_params(transformer, name) for name in configs}
+
+    def use(self, adapter: str, scale: float = 1.0) -> None:
+        """Make ``adapter`` the only active one, at ``scale`` (0 reproduces the backbone exactly)."""
+        self.transformer.set_adapters([adapter], [scale])
+
+    def arm(self, adapter: str) -> None:
+        """Activate ``adapter`` at scale 1 and set requires_grad on its parameters alone."""
+        self.use(adapter)
+        for name, params in self.params.items():
+            for p in params:
+                p.requires_grad_(name == adapter)
+
+    def named(self, adapter: str) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in self.transformer.named_parameters() if f".{adapter}." in n]
+
+
+class Roles:
+    """Generator, fake score and real score as velocity functions, plus what is trained and exported."""
+
+    params: dict[str, list[torch.nn.Parameter]]  # GENERATOR and FAKE -> trained parameters
+
+    def velocity(self, role: str, x: torch.Tensor, s: torch.Tensor, cond: Cond, scale: float | None = None):
+        """v = eps - x0 of ``role`` at noise level s; ``scale`` overrides the adapter scale (LoRA roles only)."""
+        raise NotImplementedError
+
+    def arm(self, phase: str) -> None:
+        """Make the module trained in ``phase`` the only one with requires_grad (call before backward)."""
+        raise NotImplementedError
+
+    def named(self, role: str) -> list[tuple[str, torch.nn.Parameter]]:
+        """The trained tensors of GENERATOR or FAKE, with names unique across both roles."""
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> None:
+        raise NotImplementedError
+
+    def export(self, out_dir: Path, metadata: dict[str, Any], pipeline_cls) -> None:
+        """Write the generator's inference artifact and ``metadata`` into ``out_dir``."""
+        raise NotImplementedError
+
+
+class LoraRoles(Roles):
+    """Generator and fake-score LoRAs on one frozen backbone; real score = backbone + alpha_weak * fake LoRA."""
+
+    def __init__(self, backbone: Backbone, cfg) -> None:
+        self.backbone, self.cfg = backbone, cfg  # cfg.alpha_weak is read at call time
+        regex = backbone.lora_target_regex
+        self.adapters = LoraAdapters(
+            backbone.transformer,
+            {
+                GENERATOR: lora_config(cfg.generator_rank, cfg.generator_lora_alpha, regex),
+                FAKE: lora_config(cfg.fake_rank, cfg.fake_lora_alpha, regex),
+            },
+        )
+        self.params = self.adapters.params
+
+    def velocity(self, role, x, s, cond, scale=None):
+        adapter = FAKE if role == REAL else role
+        if scale is None:
+            scale = self.cfg.alpha_weak if role == REAL else 1.0
+        self.adapters.use(adapter, scale)
+        return self.backbone.velocity(x, s, cond)
+
+    def arm(self, phase: str) -> None:
+        self.adapters.arm(phase)
+
+    def named(self, role: str):
+        return self.adapters.named(role)
+
+    def train(self, mode: bool = True) -> None:
+        self.backbone.transformer.train(mode)
+
+    def export(self, out_dir, metadata, pipeline_cls) -> None:
+        save_lora(self.backbone.transformer, GENERATOR, out_dir, metadata, pipeline_cls)
+
+
+class CopiesRoles(Roles):
+    """Full-parameter generator and fake-score copies of the transformer; the original is the frozen teacher."""
+
+    def __init__(self, backbone: Backbone, cfg) -> None:
+        teacher = backbone.transformer
+        teacher.requires_grad_(False)
+        self.modules = {GENERATOR: copy.deepcopy(teacher), FAKE: copy.deepcopy(teacher)}
+        for module in self.modules.values():
+            module.requires_grad_(True)
+        self.backbones = {REAL: backbone}
+        for role, module in self.modules.items():
+            self.backbones[role] = copy.copy(backbone)  # same VAE and text encoders, its own transformer
+            self.backbones[role].transformer = module
+        self.params = {role: list(module.parameters()) for role, module in self.modules.items()}
+
+    def velocity(self, role, x, s, cond, scale=None):
+        if scale is not None and scale != 1.0:
+            raise ValueError(f"scale={scale}: full-copy roles have no adapter to scale; use method.roles=lora")
+        return self.backbones[role].velocity(x, s, cond)
+
+    def arm(self, phase: str) -> None:
+        for role, module in self.modules.items():
+            module.requires_grad_(role == phase)
+
+    def named(self, role: str):
+        return [(f"{role}.{n}", p) for n, p in self.modules[role].named_parameters()]
+
+    def train(self, mode: bool = True) -> None:
+        for backbone in self.backbones.values():
+            backbone.transformer.train(mode)
+
+    def export(self, out_dir, metadata, pipeline_cls) -> None:
+        """A diffusers transformer folder ``<out_dir>/transformer`` with the metadata beside its config."""
+        folder = Path(out_dir) / "transformer"
+        self.modules[GENERATOR].save_pretrained(folder)
+        (folder / GENERATOR_META).write_text(json.dumps(metadata, indent=1, sort_keys=True))
+
+
+ROLES: dict[str, type[Roles]] = {"lora": LoraRoles, "copies": CopiesRoles}
