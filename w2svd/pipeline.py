@@ -59,7 +59,7 @@ def load_base(name_or_path: str = "embedded", device: str | None = None, dtype: 
         raise FileNotFoundError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype)
+    pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype, use_safetensors=True)  # never unpickle downloads
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe, GenerationDefaults.from_folder(folder)
@@ -118,7 +118,7 @@ class VideoGenerator:
         if not meta.get("sigmas_by_steps"):
             raise ValueError(f"{meta_path} has no sigmas_by_steps; was it exported by w2svd?")
         base = self.pipe.transformer
-        transformer = type(base).from_pretrained(folder, dtype=base.dtype).to(base.device).eval()
+        transformer = type(base).from_pretrained(folder, dtype=base.dtype, use_safetensors=True).to(base.device).eval()
         for key in SHARED_CONFIG:
             if transformer.config.get(key) != base.config.get(key):
                 raise ValueError(
