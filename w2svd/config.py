@@ -99,10 +99,6 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     return obj
 
 
-def to_dict(obj: Any) -> Any:
-    return dataclasses.asdict(obj)
-
-
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``a.b=value`` strings (values parsed as YAML) to a nested dict, in place."""
     for item in overrides:

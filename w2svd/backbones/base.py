@@ -15,9 +15,6 @@ class Cond:
     mask: torch.Tensor | None = None  # (B, L)
     pooled: torch.Tensor | None = None  # (B, P)
 
-    def index(self, idx) -> Cond:
-        return Cond(*(None if t is None else t[idx] for t in (self.embeds, self.mask, self.pooled)))
-
     def to(self, device, dtype=None) -> Cond:
         def mv(t, is_mask=False):
             if t is None:
