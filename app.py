@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         if not on_zero_gpu():  # on ZeroGPU there is no GPU outside a request
             handlers.warm_up()
-        build_blocks(handlers).launch(css=CSS, allowed_paths=[tmp])
+        build_blocks(handlers).launch(css=CSS, allowed_paths=[tmp], show_error=True)
 
 
 if __name__ == "__main__":

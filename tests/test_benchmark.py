@@ -2,20 +2,31 @@ import json
 
 import pytest
 
-from w2svd.benchmark import BenchmarkConfig, Grid, Row, markdown, run_benchmark
+from w2svd.benchmark import BenchmarkConfig, Grid, Plots, Row, markdown, run_benchmark
 from w2svd.config import ConfigError, from_dict
 
 
 def test_benchmark_writes_a_well_formed_table(tmp_path, tiny64_pipeline_dir):
+    run = tmp_path / "run"  # a finished run's validation points, as DistillMethod.validate writes them
+    (run / "validation").mkdir(parents=True)
+    points = [{"step": 5 * u, "generator_updates": u, "fd_clip": 900.0 / u, "adherence/motion": 0.2} for u in (1, 2)]
+    (run / "validation" / "metrics.jsonl").write_text("\n".join(json.dumps(p) for p in points))
+    untrained = Row("dmd-4", "lora", lora=str(tmp_path / "nope"), train="python training/run.py --config x.yaml")
     cfg = BenchmarkConfig(
-        rows=[Row("real", "real"), Row("base-3", "base", steps=3), Row("euler-1", "base", steps=1)],
+        rows=[
+            Row("real", "real"),
+            Row("base-3", "base", steps=3, run_dir=str(run)),
+            Row("euler-1", "base", steps=1),
+            untrained,
+        ],
         base=str(tiny64_pipeline_dir),
         reference="base-3",
         n=4,
         batch_size=2,
         out_md=str(tmp_path / "b.md"),
         out_json=str(tmp_path / "b.json"),
-        grid=Grid(rows=["base-3", "euler-1"], prompts=2, path=str(tmp_path / "g.png")),
+        grid=Grid(rows=["base-3", "euler-1", "dmd-4"], prompts=2, path=str(tmp_path / "g.png")),
+        plots=Plots(quality_vs_nfe=str(tmp_path / "q.png"), training_curves=str(tmp_path / "c.png")),
     )
     report = run_benchmark(cfg)
     rows = {r["name"]: r for r in report["rows"]}
@@ -29,6 +40,9 @@ def test_benchmark_writes_a_well_formed_table(tmp_path, tiny64_pipeline_dir):
     assert json.loads((tmp_path / "b.json").read_text())["rows"][1]["name"] == "base-3"
     assert (tmp_path / "g.png").stat().st_size > 0
     assert markdown(report) == text
+    assert rows["dmd-4"]["missing"] and "| dmd-4 |" not in text  # listed as untrained, with its command
+    assert "- dmd-4: `python training/run.py --config x.yaml`" in text
+    assert (tmp_path / "q.png").stat().st_size > 0 and (tmp_path / "c.png").stat().st_size > 0
 
 
 def test_benchmark_config_errors_name_the_problem():

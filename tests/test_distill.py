@@ -150,3 +150,45 @@ def test_bad_values_are_rejected(tmp_path):
         resolve_method(tiny_cfg(tmp_path, **{"method.alpha_weak": 1.5}))
     with pytest.raises(ConfigError, match="dm_normalizer"):
         resolve_method(tiny_cfg(tmp_path, **{"method.dm_normalizer": "batch"}))
+
+
+@pytest.fixture(scope="module")
+def gan_method(tmp_path_factory, tiny_pipeline_dir):
+    cfg = tiny_cfg(tmp_path_factory.mktemp("g"), tiny_pipeline_dir, **{"method.discriminator": True})
+    m = build_method(cfg, torch.device("cpu"))
+    with torch.no_grad():
+        for p in m.params[FAKE] + m.params[GENERATOR]:
+            p.normal_(0, 0.2)
+    return m
+
+
+@pytest.mark.parametrize("phase", [GENERATOR, FAKE])
+def test_discriminator_head_learns_with_the_fake_score_and_pushes_the_generator(gan_method, phase):
+    m = gan_method
+    head = list(m.head.parameters())
+    assert set(map(id, head)) <= set(map(id, m.param_groups()[FAKE][0]))  # optimised with the fake score
+    loss, terms = m.loss(phase, m.batch(2))
+    loss.backward()
+    other = FAKE if phase == GENERATOR else GENERATOR
+    assert ("gan/discriminator" if phase == FAKE else "gan/generator") in terms
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.params[phase])
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.params[other])
+    head_grads = [p.grad is not None and p.grad.abs().sum() > 0 for p in head]
+    assert all(head_grads) if phase == FAKE else not any(head_grads)
+    for p in [*head, *m.transformer.parameters()]:
+        p.grad = None
+
+
+def test_discriminator_head_is_checkpointed_but_not_exported(gan_method, tmp_path):
+    state = gan_method.trainable_state()
+    disc = {k: v.clone() for k, v in state.items() if k.startswith("disc::")}
+    assert len(disc) == len(list(gan_method.head.parameters()))
+    with torch.no_grad():
+        for p in gan_method.head.parameters():
+            p.zero_()
+    gan_method.load_trainable_state(state | disc)
+    assert all(torch.equal(dict(gan_method.head.named_parameters())[k[6:]], v) for k, v in disc.items())
+    gan_method.export(tmp_path)
+    with safe_open(tmp_path / WEIGHT_NAME, "pt") as f:
+        assert all("lora" in k and "disc" not in k for k in f.keys())
+    assert read_metadata(tmp_path)["discriminator"] is True

@@ -1,4 +1,5 @@
 import json
+import logging
 
 import pytest
 import torch
@@ -122,6 +123,47 @@ def test_nonfinite_loss_stops_with_step_and_phase(tmp_path):
             train(cfg, progress=False)
     finally:
         method_cls.loss = original
+
+
+def nan_loss_on(monkeypatch, calls) -> None:
+    """Make the VAE loss NaN on the loss calls (0-based) in ``calls``."""
+    from w2svd.methods.vae import VAEMethod
+
+    original, count = VAEMethod.loss, []
+
+    def loss(self, phase, batch):
+        value, terms = original(self, phase, batch)
+        count.append(phase)
+        return (value * float("nan") if len(count) - 1 in calls else value), terms
+
+    monkeypatch.setattr(VAEMethod, "loss", loss)
+
+
+def test_skip_nonfinite_skips_the_update_counts_and_logs_it(tmp_path, monkeypatch, caplog):
+    nan_loss_on(monkeypatch, {1})
+    with caplog.at_level(logging.WARNING, logger="w2svd.training.loop"):
+        out = train(vae_cfg(tmp_path / "r", skip_nonfinite=True, checkpoint_every=4), progress=False)
+    assert "step 1: loss of phase 'vae' is nan" in caplog.text and "1 skipped so far" in caplog.text
+    _, state, _ = load_latest(out / "checkpoints")
+    assert state["step"] == 4 and state["skipped_nonfinite"] == 1
+    assert all(int(s["step"]) == 3 for s in state["optimizers"]["vae"]["state"].values())  # 3 updates in 4 steps
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(next((out / "logs").rglob("events.*")).parent))
+    acc.Reload()
+    assert {e.step: e.value for e in acc.Scalars("train/skipped_nonfinite")} == {1: 0, 2: 1, 3: 1, 4: 1}
+
+
+def test_skip_nonfinite_still_stops_after_too_many_consecutive_skips(tmp_path, monkeypatch):
+    nan_loss_on(monkeypatch, set(range(100)))
+    cfg = vae_cfg(tmp_path / "r", skip_nonfinite=True, max_steps=20, validate_every=0)
+    with pytest.raises(NonFiniteLossError, match="step 10: loss of phase 'vae' is nan.*11 consecutive steps"):
+        train(cfg, progress=False)
+    a, b = list_checkpoints(tmp_path / "r" / "checkpoints")  # steps 8 and 10: no update in between
+    ta, tb = load_file(a / "trainable.safetensors"), load_file(b / "trainable.safetensors")
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    _, state, _ = load_latest(tmp_path / "r" / "checkpoints")
+    assert state["skipped_nonfinite"] == 10 and state["optimizers"]["vae"]["state"] == {}
 
 
 def test_unwritable_output_dir_fails_before_training(tmp_path):

@@ -21,6 +21,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -36,8 +37,12 @@ def load_yaml(name: str) -> dict:
     return yaml.safe_load((CONFIGS / name).read_text())
 
 
-def case_config(case: str, size: str, cache_dir: str) -> dict:
-    """A TrainConfig dict for ``case`` at ``size``: tiny_w2svd.yaml, or the embedded configs with a random init."""
+def case_config(case: str, size: str, cache_dir: str, overrides: dict | None = None) -> dict:
+    """A TrainConfig dict for ``case`` at ``size``: tiny_w2svd.yaml, or the embedded configs with a random init.
+
+    ``overrides`` may replace ``random_base``, ``data`` and ``batch_size`` (training/bench_gpu.py's larger shapes).
+    """
+    overrides = overrides or {}
     if size == "tiny":
         run = load_yaml("tiny_w2svd.yaml")
         method = run["method"]
@@ -48,6 +53,8 @@ def case_config(case: str, size: str, cache_dir: str) -> dict:
         teacher = load_yaml("embedded_teacher.yaml")["method"]
         vae = load_yaml("embedded_vae.yaml")["method"]["model"]
         random_base = {"vae_init": vae, "text": teacher["text"], "transformer": teacher["transformer"]}
+    random_base = overrides.get("random_base", random_base)
+    run = {**run, **{k: overrides[k] for k in ("data", "batch_size") if k in overrides}}
     common = {"cache_dir": cache_dir, "cache_clips": run["batch_size"], "val_prompts": 1}
     dmd = {**method, **common, "random_base": random_base, "fake_updates_per_generator_update": 1}
     lora = {"rank": method["generator_rank"], "lora_alpha": method["generator_lora_alpha"]}
@@ -92,7 +99,7 @@ def release_free_memory() -> None:
         pass
 
 
-def run_case(case: str, size: str, steps: int, device_name: str) -> dict:
+def run_case(case: str, size: str, steps: int, device_name: str, overrides: dict | None = None) -> dict:
     import torch
 
     from w2svd.config import from_dict
@@ -103,7 +110,7 @@ def run_case(case: str, size: str, steps: int, device_name: str) -> dict:
     device = torch.device(device_name)
     cuda = device.type == "cuda"
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = from_dict(TrainConfig, case_config(case, size, tmp))
+        cfg = from_dict(TrainConfig, case_config(case, size, tmp, overrides))
         release_free_memory()
         start = torch.cuda.memory_allocated() if cuda else rss_bytes()
         torch.manual_seed(0)
@@ -123,8 +130,9 @@ def run_case(case: str, size: str, steps: int, device_name: str) -> dict:
             reset = True
         else:
             built, reset = rss_bytes(), reset_peak()
-        phases = []
+        phases, step_seconds = [], []
         for step in range(steps):  # as w2svd.training.loop.train does it
+            t_step = time.perf_counter()
             batch = method.batch(step)
             for phase in method.phases(step):
                 loss, _ = method.loss(phase, batch)
@@ -135,6 +143,9 @@ def run_case(case: str, size: str, steps: int, device_name: str) -> dict:
                 optimizers[phase].zero_grad(set_to_none=True)
                 method.after_step(phase)
                 phases.append(phase)
+            if cuda:
+                torch.cuda.synchronize()
+            step_seconds.append(time.perf_counter() - t_step)
         if cuda:
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated()
@@ -152,6 +163,7 @@ def run_case(case: str, size: str, steps: int, device_name: str) -> dict:
             "peak": max(peak, built),
             "peak_reset": reset,
             "phases": sorted(set(phases)),
+            "step_seconds": step_seconds,  # each step runs every phase once (fake score + generator)
         }
 
 

@@ -30,6 +30,7 @@ class Row:
     lora: str = ""  # LoRA folder/file/Hub id for kind=lora
     path: str = ""  # run folder or its transformer/ subfolder for kind=transformer (DMD with full copies)
     run_dir: str = ""  # training run folder, to report training steps and wall time
+    train: str = ""  # the command that trains this row's weights (shown when they are missing)
 
     def validate(self) -> None:
         if self.kind not in ("real", "base", "lora", "transformer"):
@@ -39,12 +40,23 @@ class Row:
         if self.kind == "transformer" and not self.path:
             raise ConfigError(f"rows[{self.name}] has kind=transformer but no `path` (the run folder)")
 
+    def missing(self) -> bool:
+        """A trained row whose local weights are not there (not trained yet); Hub ids are never 'missing'."""
+        target = self.lora if self.kind == "lora" else self.path if self.kind == "transformer" else ""
+        return bool(target) and bool(self.train) and not Path(target).exists()
+
 
 @dataclasses.dataclass
 class Grid:
     rows: list[str] = dataclasses.field(default_factory=list)  # row names shown side by side
     prompts: int = 4
     path: str = ""
+
+
+@dataclasses.dataclass
+class Plots:
+    quality_vs_nfe: str = ""  # PNG: FD against NFE for every generated row
+    training_curves: str = ""  # PNG: validation FD-clip vs generator updates of rows with a run_dir
 
 
 @dataclasses.dataclass
@@ -60,6 +72,7 @@ class BenchmarkConfig:
     out_md: str = "docs/benchmark.md"
     out_json: str = "docs/benchmark.json"
     grid: Grid = dataclasses.field(default_factory=Grid)
+    plots: Plots = dataclasses.field(default_factory=Plots)
 
     def validate(self) -> None:
         names = [r.name for r in self.rows]
@@ -116,6 +129,10 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     reference = metrics.embed(metrics.render_examples(metrics.reference_examples(examples)), nets)
     results, samples = [], {}
     for row in cfg.rows:
+        if row.missing():
+            results.append({"name": row.name, "kind": row.kind, "missing": True, "train": row.train})
+            print(f"{row.name}: not trained yet, skipped ({row.train})")
+            continue
         if row.kind == "real":
             fn: metrics.GenerateFn = metrics.real_generator(examples)
             timed = None
@@ -155,7 +172,21 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         "rows": results,
     }
     write_outputs(cfg, report, samples, examples)
+    write_plots(cfg, report)
     return report
+
+
+def write_plots(cfg: BenchmarkConfig, report: dict[str, Any]) -> None:
+    from w2svd import plots
+    from w2svd.methods.validation import read_metrics
+
+    if cfg.plots.quality_vs_nfe:
+        plots.quality_vs_nfe(report["rows"], cfg.plots.quality_vs_nfe)
+    if cfg.plots.training_curves:
+        curves = {r.name: read_metrics(r.run_dir) for r in cfg.rows if r.run_dir}
+        curves = {name: points for name, points in curves.items() if points}
+        if curves:
+            plots.training_curves(curves, cfg.plots.training_curves)
 
 
 def score(clips: np.ndarray, examples, reference: metrics.Embedding, nets) -> dict[str, float]:
@@ -193,6 +224,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# {report['title']}", ""]
     if report["command"]:
         lines += ["Reproduce with:", "", "```bash", report["command"], "```", ""]
+    missing = [r for r in rows if r.get("missing")]
+    rows = [r for r in rows if not r.get("missing")]
     lines += [
         f"{report['n']} held-out (prompt, seed) pairs; FD against real clips of the same prompts with other render "
         f"seeds; machine: {report['machine']}. Speed-ups are relative to `{report['reference']}`, "
@@ -210,6 +243,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("|" + "---|" * (len(extra) + 1))
         for r in rows:
             lines.append(f"| {r['name']} | " + " | ".join(f"{r[k]:.1%}" for k in extra) + " |")
+    if missing:
+        lines += ["", "Rows not trained yet when this table was made (train them, then re-run the command):", ""]
+        lines += [f"- {r['name']}: `{r['train']}`" for r in missing]
     return "\n".join(lines) + "\n"
 
 
@@ -224,7 +260,7 @@ def write_outputs(cfg: BenchmarkConfig, report: dict[str, Any], samples: dict[st
         from w2svd.data.__main__ import grid_image
 
         panels = []
-        for name in cfg.grid.rows:
+        for name in [n for n in cfg.grid.rows if n in samples]:
             img = grid_image(samples[name], zoom=2)
             label = Image.new("RGB", (img.width, 16), "white")
             ImageDraw.Draw(label).text((2, 2), name, fill="black")

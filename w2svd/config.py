@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -46,6 +47,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}")
         args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:  # fixed length, e.g. tuple[float, float]
+            if len(value) != len(args):
+                raise ConfigError(f"{where} must be a list of {len(args)} items, got {value!r}")
+            return tuple(_coerce(v, arg, f"{where}[{i}]") for i, (v, arg) in enumerate(zip(value, args)))
         inner = args[0] if args else Any
         items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
@@ -66,13 +71,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return int(value)
         raise ConfigError(f"{where} must be an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e-4 without a dot as a string
-            try:
-                return float(value)
-            except ValueError:
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:  # YAML reads 1e-4 without a dot as a string
+                number = float(value)
+            except (ValueError, OverflowError):  # not a number, or an integer too large for a float
                 pass
+            else:
+                if math.isfinite(number):
+                    return number
+                raise ConfigError(f"{where} must be a finite number, got {value!r}")
         raise ConfigError(f"{where} must be a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -84,7 +91,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys raise a ConfigError naming the valid ones."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)  # YAML keys need not be strings
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
@@ -105,7 +112,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. max_steps=100)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            problem = str(e).splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem}); quote it") from e
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:

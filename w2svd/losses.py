@@ -5,8 +5,10 @@ Rectified-flow notation: x_s = (1 - s) * x0 + s * eps, v = eps - x0, x0_hat = x_
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +21,48 @@ def _bcast(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return s.view(-1, *([1] * (x.dim() - 1)))
 
 
+class TorchNoise:
+    """Draws from torch's global generator (the losses used on their own)."""
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.randn_like(x)
+
+    def rand(self, n: int, device: torch.device) -> torch.Tensor:
+        return torch.rand(n, device=device)
+
+
+class SampleNoise:
+    """Draws for rows ``rows`` of a training step's global batch, each row from its own generator.
+
+    Row i's generator is seeded by (seed, step, i, stream), so what a sample draws does not depend on which
+    process holds it or on how many rows a process holds: N processes with B / N rows each draw exactly
+    what one process with B rows draws. ``stream(name)`` gives fresh generators for another use in the step.
+    """
+
+    def __init__(self, seed: int, step: int, rows: Sequence[int], device: torch.device, stream: str = "") -> None:
+        self.seed, self.step, self.rows, self.device = seed, step, list(rows), torch.device(device)
+        key = zlib.crc32(stream.encode())
+        seeds = [int(np.random.SeedSequence([seed, step, i, key]).generate_state(1, np.uint64)[0]) for i in self.rows]
+        self.generators = [torch.Generator(self.device).manual_seed(s) for s in seeds]
+
+    def stream(self, name: str) -> SampleNoise:
+        return SampleNoise(self.seed, self.step, self.rows, self.device, name)
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise shaped like ``x`` (B, ...), row b from generator b."""
+        if x.shape[0] != len(self.generators):
+            raise ValueError(f"x has {x.shape[0]} rows but this noise source holds {len(self.generators)}")
+        return torch.stack(
+            [torch.randn(x.shape[1:], generator=g, device=self.device, dtype=x.dtype) for g in self.generators]
+        ).to(x.device)
+
+    def rand(self, n: int, device: torch.device) -> torch.Tensor:
+        """(n,) uniform [0, 1) values, one per row."""
+        if n != len(self.generators):
+            raise ValueError(f"asked for {n} values but this noise source holds {len(self.generators)} rows")
+        return torch.cat([torch.rand(1, generator=g, device=self.device) for g in self.generators]).to(device)
+
+
 class NoiseLevels:
     """Draws noise levels s in [s_min, s_max], uniform then time-shifted like the base sampler."""
 
@@ -27,8 +71,8 @@ class NoiseLevels:
             raise ValueError(f"need 0 <= s_min < s_max <= 1, got s_min={s_min}, s_max={s_max}")
         self.shift, self.s_min, self.s_max = shift, s_min, s_max
 
-    def __call__(self, n: int, device: torch.device) -> torch.Tensor:
-        u = torch.rand(n, device=device) * (self.s_max - self.s_min) + self.s_min
+    def __call__(self, n: int, device: torch.device, rng: TorchNoise | SampleNoise | None = None) -> torch.Tensor:
+        u = (rng or TorchNoise()).rand(n, device) * (self.s_max - self.s_min) + self.s_min
         return shift_sigmas(u, self.shift)
 
 
@@ -38,9 +82,12 @@ class FlowMatchingLoss:
     def __init__(self, levels: NoiseLevels) -> None:
         self.levels = levels
 
-    def __call__(self, velocity: VelocityFn, x0: torch.Tensor) -> torch.Tensor:
-        eps = torch.randn_like(x0)
-        s = self.levels(x0.shape[0], x0.device)
+    def __call__(
+        self, velocity: VelocityFn, x0: torch.Tensor, rng: TorchNoise | SampleNoise | None = None
+    ) -> torch.Tensor:
+        rng = rng or TorchNoise()
+        eps = rng.randn_like(x0)
+        s = self.levels(x0.shape[0], x0.device, rng)
         x = (1 - _bcast(s, x0)) * x0 + _bcast(s, x0) * eps
         return F.mse_loss(velocity(x, s), eps - x0)
 
@@ -59,11 +106,16 @@ class DistributionMatchingLoss:
         self.levels, self.normalizer = levels, normalizer
 
     def __call__(
-        self, x0_hat: torch.Tensor, real_velocity: VelocityFn, fake_velocity: VelocityFn
+        self,
+        x0_hat: torch.Tensor,
+        real_velocity: VelocityFn,
+        fake_velocity: VelocityFn,
+        rng: TorchNoise | SampleNoise | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         x0 = x0_hat.detach()
-        s = self.levels(x0.shape[0], x0.device)
-        eps = torch.randn_like(x0)
+        rng = rng or TorchNoise()
+        s = self.levels(x0.shape[0], x0.device, rng)
+        eps = rng.randn_like(x0)
         sb = _bcast(s, x0)
         x_s = (1 - sb) * x0 + sb * eps
         with torch.no_grad():

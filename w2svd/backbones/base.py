@@ -68,3 +68,11 @@ class Backbone:
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         raise NotImplementedError
+
+    def feature_module(self, transformer: torch.nn.Module) -> torch.nn.Module:
+        """The block of ``transformer`` whose output tokens (B, N, D) feed the optional discriminator head."""
+        raise NotImplementedError
+
+    def feature_dim(self) -> int:
+        """D, the width of ``feature_module``'s output tokens."""
+        raise NotImplementedError

@@ -57,3 +57,10 @@ class HunyuanVideoBackbone(Backbone):
             height // p.vae_scale_factor_spatial,
             width // p.vae_scale_factor_spatial,
         )
+
+    def feature_module(self, transformer: torch.nn.Module) -> torch.nn.Module:
+        return transformer.transformer_blocks[-1]  # the last double-stream block: (video tokens, text tokens)
+
+    def feature_dim(self) -> int:
+        c = self.transformer.config
+        return c.num_attention_heads * c.attention_head_dim

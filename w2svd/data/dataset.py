@@ -87,10 +87,13 @@ def labels_of(examples: list[Example]) -> np.ndarray:
     return np.array([ex.portrait.as_tuple() for ex in examples], dtype=np.int64).reshape(-1, len(ATTRIBUTE_NAMES))
 
 
-def step_batch(dataset: Dataset, seed: int, step: int, batch_size: int) -> dict:
-    """The batch for a training step: a pure function of (seed, step), so a resumed run sees the same data."""
+def step_batch(dataset: Dataset, seed: int, step: int, batch_size: int, rows: slice = slice(None)) -> dict:
+    """The batch for a training step: a pure function of (seed, step), so a resumed run sees the same data.
+
+    ``rows`` keeps one process's part of the ``batch_size`` items (only those are rendered).
+    """
     rng = np.random.default_rng([seed, step, 0xDA7A])
-    items = [dataset[int(i)] for i in rng.integers(len(dataset), size=batch_size)]
+    items = [dataset[int(i)] for i in rng.integers(len(dataset), size=batch_size)[rows]]
     return {
         "video": torch.stack([it["video"] for it in items]),  # (B, 3, F, H, W)
         "prompt": [it["prompt"] for it in items],

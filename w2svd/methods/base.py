@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from w2svd.losses import SampleNoise
 from w2svd.training.config import TrainConfig
 
 
@@ -20,6 +21,7 @@ class Method:
 
     name: str = ""
     config_class: type = object
+    shard: slice = slice(None)  # rows of each step's global batch this process trains on (set by the loop)
 
     def __init__(self, cfg: Any, train: TrainConfig, device: torch.device) -> None:
         self.cfg, self.train_cfg, self.device = cfg, train, device
@@ -32,8 +34,14 @@ class Method:
         return list(self.param_groups())
 
     def batch(self, step: int) -> dict:
-        """The batch for ``step``: a pure function of (run seed, step), so resume needs no loader state."""
+        """This process's rows (``shard``) of the global batch for ``step``: a pure function of (run seed, step,
+        rows), so resume needs no loader state and N processes together see the batch one process would."""
         raise NotImplementedError
+
+    def step_noise(self, step: int) -> SampleNoise:
+        """Per-sample noise for this process's rows of ``step``'s batch (see ``SampleNoise``)."""
+        rows = range(self.train_cfg.batch_size)[self.shard]
+        return SampleNoise(self.train_cfg.seed, step, rows, self.device)
 
     def loss(self, phase: str, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

@@ -25,9 +25,11 @@ import torch
 from w2svd.backbones import Backbone, Cond, backbone_for
 from w2svd.config import ConfigError
 from w2svd.data import PortraitDataset
-from w2svd.losses import DistributionMatchingLoss, FlowMatchingLoss, NoiseLevels, VelocityFn
+from w2svd.losses import DistributionMatchingLoss, FlowMatchingLoss, NoiseLevels, SampleNoise, VelocityFn
 from w2svd.methods.base import Method, register
+from w2svd.methods.discriminator import DiscriminatorHead, FeatureTap, discriminator_loss, generator_gan_loss
 from w2svd.methods.roles import FAKE, GENERATOR, REAL, ROLES
+from w2svd.methods.validation import validation_metrics
 from w2svd.sampling import get_sigmas, sample_renoise
 from w2svd.training import latent_cache
 from w2svd.training.config import DataConfig
@@ -60,9 +62,13 @@ class DistillConfig:
     real_cfg_scale: float = 1.0  # true CFG on the real score (empty prompt); 1 = off, as the base samples
     backward_simulation: bool = True  # else the generator is trained from pure noise at every step
     ema_decay: float = 0.0  # EMA of the generator LoRA (0 = off); the export uses the EMA weights
+    discriminator: bool = False  # DMD2-style GAN head on the fake score's features (discriminator.py)
+    gan_generator_weight: float = 5e-3  # weight of the generator's GAN loss (DMD2's SDXL setting)
+    gan_discriminator_weight: float = 1e-2  # weight of the head's loss in the fake-score phase
     cache_dir: str = "runs/cache"
     cache_clips: int = 12000
     val_prompts: int = 8
+    val_metrics_n: int = 0  # held-out pairs scored at each validation (FD, adherence); needs 9 frames of 64x64
 
     def validate(self) -> None:
         if not 0.0 <= self.alpha_weak <= 1.0:
@@ -84,6 +90,10 @@ class DistillConfig:
             raise ConfigError(f"method.ema_decay={self.ema_decay} must be in [0, 1)")
         if self.lambda_gt < 0:
             raise ConfigError(f"method.lambda_gt={self.lambda_gt} must be >= 0")
+        if self.gan_generator_weight < 0 or self.gan_discriminator_weight < 0:
+            raise ConfigError("method.gan_generator_weight and method.gan_discriminator_weight must be >= 0")
+        if self.val_metrics_n and self.val_metrics_n < 8:
+            raise ConfigError(f"method.val_metrics_n={self.val_metrics_n}: use 0 (off) or >= 8 (64 recommended)")
 
 
 def load_teacher(cfg: DistillConfig, device: torch.device):
@@ -129,11 +139,17 @@ class DistillMethod(Method):
         self.cache = latent_cache.load_or_build(self.backbone, data, cfg.cache_clips, cfg.cache_dir)
         self.ema = EMA(self.roles.named(GENERATOR), cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.generator_updates = 0
+        self.head, self.tap = None, None
+        if cfg.discriminator:
+            self.head = DiscriminatorHead(self.backbone.feature_dim()).to(device)
+            self.tap = FeatureTap(self.backbone.feature_module(self.roles.transformer(FAKE)))
 
     # ---- roles -----------------------------------------------------------------------------------
     def arm(self, phase: str) -> None:
         """Make the module trained in ``phase`` the only one with requires_grad (autograd reads it at backward)."""
         self.roles.arm(phase)
+        if self.head is not None:
+            self.head.requires_grad_(phase == FAKE)  # the head learns with the fake score only
 
     def velocity_fn(self, cond: Cond, role: str, scale: float | None = None):
         """``role``'s velocity as a function of (x, s); ``scale`` overrides the LoRA scale (lora roles only)."""
@@ -156,7 +172,7 @@ class DistillMethod(Method):
         return fn
 
     # ---- generator sampling ----------------------------------------------------------------------
-    def generator_x0(self, noise: torch.Tensor, cond: Cond, k: int, grad: bool) -> torch.Tensor:
+    def generator_x0(self, noise: torch.Tensor, cond: Cond, k: int, grad: bool, rng: SampleNoise) -> torch.Tensor:
         """Backward simulation: roll the generator out without gradient to step k, then predict x0 there."""
         x = noise
         v = self.velocity_fn(cond, GENERATOR)
@@ -164,7 +180,7 @@ class DistillMethod(Method):
             for i in range(k):
                 s, s_next = self.sigmas[i], self.sigmas[i + 1]
                 x0 = x - s * v(x, s)
-                x = (1 - s_next) * x0 + s_next * torch.randn_like(x0)
+                x = (1 - s_next) * x0 + s_next * rng.randn_like(x0)
         s = self.sigmas[k]
         if grad:
             self.arm(GENERATOR)
@@ -178,7 +194,15 @@ class DistillMethod(Method):
 
     # ---- the Method interface ------------------------------------------------------------------
     def param_groups(self):
-        return {FAKE: (self.params[FAKE], self.cfg.fake_lr), GENERATOR: (self.params[GENERATOR], self.cfg.generator_lr)}
+        fake = self.params[FAKE] + (list(self.head.parameters()) if self.head is not None else [])
+        return {FAKE: (fake, self.cfg.fake_lr), GENERATOR: (self.params[GENERATOR], self.cfg.generator_lr)}
+
+    def logits(self, x0: torch.Tensor, cond: Cond, rng: SampleNoise) -> torch.Tensor:
+        """Discriminator logits (B,) of clean latents x0, noised to a random level and seen by the fake score."""
+        s = self.fm_loss.levels(x0.shape[0], x0.device, rng)
+        sb = s.view(-1, *([1] * (x0.dim() - 1)))
+        x_s = (1 - sb) * x0 + sb * rng.randn_like(x0)
+        return self.head(self.tap.run(self.velocity_fn(cond, FAKE), x_s, s))
 
     def phases(self, step: int) -> list[str]:
         r = self.cfg.fake_updates_per_generator_update
@@ -187,33 +211,45 @@ class DistillMethod(Method):
     def batch(self, step: int) -> dict:
         rng = np.random.default_rng([self.train_cfg.seed, step, 0xD15])
         idx = rng.integers(len(self.cache["latents"]), size=self.train_cfg.batch_size)
-        x0_real, cond = latent_cache.cache_batch(self.cache, idx, None, self.device)
+        x0_real, cond = latent_cache.cache_batch(self.cache, idx, None, self.device, self.shard)
         uncond = None
         if self.cfg.real_cfg_scale != 1.0:
-            _, uncond = latent_cache.cache_batch(self.cache, idx, np.ones(len(idx), bool), self.device)
-        return {"x0_real": x0_real, "cond": cond, "uncond": uncond, "k": self.pick_step(step)}
+            _, uncond = latent_cache.cache_batch(self.cache, idx, np.ones(len(idx), bool), self.device, self.shard)
+        k = self.pick_step(step)  # one rollout depth for the whole global batch
+        return {"x0_real": x0_real, "cond": cond, "uncond": uncond, "k": k, "noise": self.step_noise(step)}
 
     def loss(self, phase: str, batch: dict):
         cond, x0_real = batch["cond"], batch["x0_real"]
-        noise = torch.randn_like(x0_real)
+        rng = batch["noise"].stream(phase)  # the same draws for a sample whichever process holds it
+        noise = rng.randn_like(x0_real)
         if phase == GENERATOR:
-            x0_hat = self.generator_x0(noise, cond, batch["k"], grad=True)
+            x0_hat = self.generator_x0(noise, cond, batch["k"], grad=True, rng=rng)
             loss, terms = self.dm_loss(
-                x0_hat, self.real_velocity_fn(cond, batch["uncond"]), self.velocity_fn(cond, FAKE)
+                x0_hat, self.real_velocity_fn(cond, batch["uncond"]), self.velocity_fn(cond, FAKE), rng
             )
+            if self.head is not None:  # gradient reaches x0_hat through the (not armed) fake score
+                gan = generator_gan_loss(self.logits(x0_hat, cond, rng))
+                loss = loss + self.cfg.gan_generator_weight * gan
+                terms["gan/generator"] = gan.item()
             self.arm(GENERATOR)
             return loss, terms
         # fake-score phase: denoising on detached generator samples (+ ground truth, weighted lambda_gt)
-        x0_gen = self.generator_x0(noise, cond, batch["k"], grad=False)
+        x0_gen = self.generator_x0(noise, cond, batch["k"], grad=False, rng=rng)
         self.arm(FAKE)
         fake_v = self.velocity_fn(cond, FAKE)
-        loss_gen = self.fm_loss(fake_v, x0_gen)
+        loss_gen = self.fm_loss(fake_v, x0_gen, rng)
         terms = {"fake/loss_generated": loss_gen.item()}
         loss = loss_gen
         if self.cfg.lambda_gt > 0:
-            loss_gt = self.fm_loss(fake_v, x0_real)
+            loss_gt = self.fm_loss(fake_v, x0_real, rng)
             loss = loss + self.cfg.lambda_gt * loss_gt
             terms["fake/loss_real"] = loss_gt.item()
+        if self.head is not None:
+            real_logits, gen_logits = self.logits(x0_real, cond, rng), self.logits(x0_gen, cond, rng)
+            disc = discriminator_loss(real_logits, gen_logits)
+            loss = loss + self.cfg.gan_discriminator_weight * disc
+            terms["gan/discriminator"] = disc.item()
+            terms["gan/accuracy"] = float(((real_logits > 0).float().mean() + (gen_logits < 0).float().mean()) / 2)
         self.arm(FAKE)
         return loss, terms
 
@@ -227,6 +263,8 @@ class DistillMethod(Method):
 
     def trainable_state(self):
         state = {n: p.detach() for r in (GENERATOR, FAKE) for n, p in self.roles.named(r)}
+        if self.head is not None:
+            state.update({f"disc::{n}": p.detach() for n, p in self.head.named_parameters()})
         if self.ema is not None:
             state.update({f"ema::{n}": t for n, t in self.ema.state_dict().items()})
         state["generator_updates"] = torch.tensor(self.generator_updates)
@@ -240,11 +278,15 @@ class DistillMethod(Method):
                     self.generator_updates = int(t)
                 elif n.startswith("ema::"):
                     self.ema.shadow[n[5:]].copy_(t)
+                elif n.startswith("disc::"):
+                    dict(self.head.named_parameters())[n[6:]].copy_(t)
                 else:
                     named[n].copy_(t)
 
     def train(self, mode: bool = True) -> None:
         self.roles.train(mode)
+        if self.head is not None:
+            self.head.train(mode)
 
     # ---- sampling, validation, export ---------------------------------------------------------
     def sample(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
@@ -256,8 +298,11 @@ class DistillMethod(Method):
 
     def validate(self, step: int, out_dir: Path) -> dict[str, float]:
         write_validation_grid(self.sample, self.cfg.val_prompts, step, out_dir)
+        scores = {}
+        if self.cfg.val_metrics_n:
+            scores = validation_metrics(self.sample, self.cfg.val_metrics_n, step, out_dir, self.generator_updates)
         self.arm(FAKE)
-        return {}
+        return scores
 
     def metadata(self) -> dict[str, Any]:
         c = self.cfg
@@ -276,6 +321,7 @@ class DistillMethod(Method):
             "training_steps": self.generator_updates,
             "fake_score_updates": self.generator_updates * c.fake_updates_per_generator_update,
             "ema_decay": c.ema_decay,
+            "discriminator": c.discriminator,
         }
 
     def export(self, out_dir: Path) -> None:

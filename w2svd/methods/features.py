@@ -67,13 +67,14 @@ class FeaturesMethod(Method):
         }
 
     def batch(self, step: int) -> dict:
-        b = step_batch(self.data, self.train_cfg.seed, step, self.train_cfg.batch_size)
+        size = self.train_cfg.batch_size  # draws are made for the global batch, then this process's rows kept
+        b = step_batch(self.data, self.train_cfg.seed, step, size, self.shard)
         video, n = b["video"], len(b["video"])  # (B, 3, F, H, W)
         rng = np.random.default_rng([self.train_cfg.seed, step, 0xFEA7])
         if self.cfg.flip:
-            flip = torch.from_numpy(rng.random(n) < 0.5)
+            flip = torch.from_numpy((rng.random(size) < 0.5)[self.shard])
             video[flip] = video[flip].flip(-1)
-        pick = torch.from_numpy(rng.integers(NUM_FRAMES, size=(n, self.cfg.frames_per_clip)))
+        pick = torch.from_numpy(rng.integers(NUM_FRAMES, size=(size, self.cfg.frames_per_clip))[self.shard])
         frames = video.transpose(1, 2)[torch.arange(n)[:, None], pick]  # (B, k, 3, H, W)
         return {
             "video": video.to(self.device),

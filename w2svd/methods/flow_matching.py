@@ -117,14 +117,13 @@ class FlowMatchingMethod(Method):
     def batch(self, step: int) -> dict:
         rng = np.random.default_rng([self.train_cfg.seed, step, 0xF10])
         idx = rng.integers(len(self.cache["latents"]), size=self.train_cfg.batch_size)
-        x0, cond = latent_cache.cache_batch(
-            self.cache, idx, rng.random(len(idx)) < self.cfg.caption_dropout, self.device
-        )
-        return {"x0": x0, "cond": cond}
+        drop = rng.random(len(idx)) < self.cfg.caption_dropout
+        x0, cond = latent_cache.cache_batch(self.cache, idx, drop, self.device, self.shard)
+        return {"x0": x0, "cond": cond, "noise": self.step_noise(step)}
 
     def loss(self, phase, batch):
-        cond = batch["cond"]
-        return self.objective(lambda x, s: self.backbone.velocity(x, s, cond), batch["x0"]), {}
+        cond, rng = batch["cond"], batch["noise"].stream(phase)
+        return self.objective(lambda x, s: self.backbone.velocity(x, s, cond), batch["x0"], rng), {}
 
     def after_step(self, phase: str) -> None:
         if self.ema is not None:

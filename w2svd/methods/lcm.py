@@ -27,6 +27,7 @@ from w2svd.losses import consistency_distance, consistency_target
 from w2svd.methods.base import Method, register
 from w2svd.methods.distill import few_step_videos, load_teacher, write_validation_grid
 from w2svd.methods.roles import GENERATOR, LoraAdapters
+from w2svd.methods.validation import validation_metrics
 from w2svd.sampling import get_sigmas
 from w2svd.training import latent_cache
 
@@ -52,14 +53,18 @@ class LCMConfig:
     cache_dir: str = "runs/cache"
     cache_clips: int = 12000
     val_prompts: int = 8
+    val_metrics_n: int = 0  # held-out pairs scored at each validation (FD, adherence); needs 9 frames of 64x64
 
     def validate(self) -> None:
         if self.teacher_steps < 1 or not 1 <= self.skip <= self.teacher_steps:
             raise ConfigError(
                 f"method.teacher_steps={self.teacher_steps}, method.skip={self.skip}: need 1 <= skip <= teacher_steps"
             )
-        if not self.steps or any(n < 1 for n in self.steps):
-            raise ConfigError(f"method.steps={self.steps} must be a non-empty list of step counts >= 1")
+        if not self.steps or any(not 1 <= n <= self.teacher_steps for n in self.steps):
+            raise ConfigError(
+                f"method.steps={self.steps} must be a non-empty list of step counts in [1, teacher_steps="
+                f"{self.teacher_steps}]"
+            )
         for n in self.steps:
             if max(sampling_indices(n, self.teacher_steps)) > self.teacher_steps - self.skip:
                 raise ConfigError(
@@ -146,19 +151,20 @@ class LCMMethod(Method):
         rng = np.random.default_rng([self.train_cfg.seed, step, 0x1C3])
         idx = rng.integers(len(self.cache["latents"]), size=self.train_cfg.batch_size)
         n = rng.integers(0, self.cfg.teacher_steps - self.cfg.skip + 1, size=len(idx))  # per-sample grid index
-        x0, cond = latent_cache.cache_batch(self.cache, idx, None, self.device)
+        x0, cond = latent_cache.cache_batch(self.cache, idx, None, self.device, self.shard)
         uncond = None
         if self.cfg.teacher_cfg_scale != 1.0:
-            _, uncond = latent_cache.cache_batch(self.cache, idx, np.ones(len(idx), bool), self.device)
-        n_t = torch.from_numpy(n)
+            _, uncond = latent_cache.cache_batch(self.cache, idx, np.ones(len(idx), bool), self.device, self.shard)
+        n_t = torch.from_numpy(n[self.shard])
         s_hi = self.teacher_sigmas[n_t].to(self.device)
         s_lo = self.teacher_sigmas[n_t + self.cfg.skip].to(self.device)
-        return {"x0": x0, "cond": cond, "uncond": uncond, "s_hi": s_hi, "s_lo": s_lo}
+        noise = self.step_noise(step)
+        return {"x0": x0, "cond": cond, "uncond": uncond, "s_hi": s_hi, "s_lo": s_lo, "noise": noise}
 
     def loss(self, phase: str, batch: dict):
         x0, cond, s_hi, s_lo = batch["x0"], batch["cond"], batch["s_hi"], batch["s_lo"]
         sb = s_hi.view(-1, *[1] * (x0.dim() - 1))
-        x_hi = (1 - sb) * x0 + sb * torch.randn_like(x0)  # (B, C, F, H, W)
+        x_hi = (1 - sb) * x0 + sb * batch["noise"].stream(phase).randn_like(x0)  # (B, C, F, H, W)
         target_adapter = TARGET if self.cfg.ema_decay else GENERATOR
         x_lo, target = consistency_target(
             self.teacher_velocity(cond, batch["uncond"]), self.x0_fn(cond, target_adapter), x_hi, s_hi, s_lo
@@ -209,8 +215,11 @@ class LCMMethod(Method):
 
     def validate(self, step: int, out_dir: Path) -> dict[str, float]:
         write_validation_grid(self.sample, self.cfg.val_prompts, step, out_dir)
+        scores = {}
+        if self.cfg.val_metrics_n:
+            scores = validation_metrics(self.sample, self.cfg.val_metrics_n, step, out_dir, self.generator_updates)
         self.adapters.arm(GENERATOR)
-        return {}
+        return scores
 
     def metadata(self) -> dict[str, Any]:
         c = self.cfg

@@ -67,6 +67,10 @@ class Roles:
         """Make the module trained in ``phase`` the only one with requires_grad (call before backward)."""
         raise NotImplementedError
 
+    def transformer(self, role: str) -> torch.nn.Module:
+        """The transformer module that computes ``role``'s velocity."""
+        raise NotImplementedError
+
     def named(self, role: str) -> list[tuple[str, torch.nn.Parameter]]:
         """The trained tensors of GENERATOR or FAKE, with names unique across both roles."""
         raise NotImplementedError
@@ -104,6 +108,9 @@ class LoraRoles(Roles):
     def arm(self, phase: str) -> None:
         self.adapters.arm(phase)
 
+    def transformer(self, role: str) -> torch.nn.Module:
+        return self.backbone.transformer
+
     def named(self, role: str):
         return self.adapters.named(role)
 
@@ -137,6 +144,9 @@ class CopiesRoles(Roles):
     def arm(self, phase: str) -> None:
         for role, module in self.modules.items():
             module.requires_grad_(role == phase)
+
+    def transformer(self, role: str) -> torch.nn.Module:
+        return self.backbones[role].transformer
 
     def named(self, role: str):
         return [(f"{role}.{n}", p) for n, p in self.modules[role].named_parameters()]

@@ -67,23 +67,20 @@ class VAEMethod(Method):
         return {"vae": ([p for p in self.vae.parameters() if p.requires_grad], self.train_cfg.optim.lr)}
 
     def batch(self, step: int) -> dict:
-        b = step_batch(self.data, self.train_cfg.seed, step, self.train_cfg.batch_size)
-        video = b["video"]
+        size = self.train_cfg.batch_size  # draws are made for the global batch, then this process's rows kept
+        video = step_batch(self.data, self.train_cfg.seed, step, size, self.shard)["video"]
         c = self.cfg.crop
         if c and c < video.shape[-1]:
             rng = np.random.default_rng([self.train_cfg.seed, step, 0xC0])
-            crops = []
-            for v in video:
-                y, x = rng.integers(0, video.shape[-1] - c + 1, size=2)
-                crops.append(v[..., y : y + c, x : x + c])
-            video = torch.stack(crops)
-        return {"video": video.to(self.device)}
+            corners = [rng.integers(0, video.shape[-1] - c + 1, size=2) for _ in range(size)][self.shard]
+            video = torch.stack([v[..., y : y + c, x : x + c] for v, (y, x) in zip(video, corners)])
+        return {"video": video.to(self.device), "noise": self.step_noise(step)}
 
     def loss(self, phase, batch):
         x = batch["video"]
         with torch.set_grad_enabled(not self.cfg.decoder_only):
             post = self.vae.encode(x).latent_dist
-        rec = self.vae.decode(post.sample()).sample
+        rec = self.vae.decode(post.sample(batch["noise"].stream(phase).generators)).sample
         l1 = (rec - x).abs().mean()
         mse = ((rec - x) ** 2).mean()
         kl = post.kl().mean() / math.prod(post.mean.shape[1:])

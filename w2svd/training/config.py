@@ -43,23 +43,31 @@ class TrainConfig:
     output_dir: str = "runs/default"
     seed: int = 0
     max_steps: int = 1000
-    batch_size: int = 16
+    batch_size: int = 16  # global: each of N processes (accelerate launch --num_processes N) takes batch_size / N
     checkpoint_every: int = 500
     checkpoints_total_limit: int = 2
     log_every: int = 10
     validate_every: int = 0  # 0: only at the end
     mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    skip_nonfinite: bool = False  # skip (and count) a phase update whose loss is NaN/inf instead of stopping;
+    # the run still stops with NonFiniteLossError after more than 10 consecutive steps with a skip
+    dist_timeout_s: float = 1800.0  # multi-process: how long a process waits for the others (e.g. for rank 0's
+    # validation or latent cache) before failing instead of hanging
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
 
     def validate(self) -> None:
         if "name" not in self.method:
             raise ConfigError("config.method needs a 'name' (e.g. method: {name: vae})")
+        if not isinstance(self.method["name"], str):
+            raise ConfigError(f"config.method.name={self.method['name']!r} must be a method name, e.g. vae")
         for key in ("max_steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config.{key}={getattr(self, key)} must be >= 1")
         if self.checkpoints_total_limit < 1:
             raise ConfigError(f"config.checkpoints_total_limit={self.checkpoints_total_limit} must be >= 1")
+        if self.dist_timeout_s <= 0:
+            raise ConfigError(f"config.dist_timeout_s={self.dist_timeout_s} must be > 0 (seconds)")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError(f"config.mixed_precision={self.mixed_precision!r} must be 'no', 'bf16' or 'fp16'")

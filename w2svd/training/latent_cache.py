@@ -63,10 +63,22 @@ def load_or_build(
 
 
 def cache_batch(
-    cache: dict[str, torch.Tensor], idx: np.ndarray, drop: np.ndarray | None, device: torch.device
+    cache: dict[str, torch.Tensor],
+    idx: np.ndarray,
+    drop: np.ndarray | None,
+    device: torch.device,
+    rows: slice = slice(None),
 ) -> tuple[torch.Tensor, Cond]:
-    """Latents and conditioning for rows ``idx``; rows where ``drop`` is True get the empty prompt."""
-    idx_t = torch.from_numpy(idx)
+    """Latents and conditioning for rows ``idx``; rows where ``drop`` is True get the empty prompt.
+
+    ``rows`` keeps one process's part of the batch, its text padded to the length of the whole batch's.
+    """
+    lengths = cache["mask"][torch.from_numpy(idx)].long().sum(1)
+    if drop is not None and drop.any():
+        lengths[torch.from_numpy(drop)] = int(cache["empty_mask"][0].long().sum())
+    length = max(int(lengths.max()), 1)
+    idx_t = torch.from_numpy(idx[rows])
+    drop = None if drop is None else drop[rows]
     embeds, mask = cache["embeds"][idx_t].float(), cache["mask"][idx_t].long()
     pooled = cache["pooled"][idx_t].float()
     if drop is not None and drop.any():
@@ -76,6 +88,5 @@ def cache_batch(
         embeds[d, :n] = cache["empty_embeds"][0].float()
         mask[d, :n] = cache["empty_mask"][0].long()
         pooled[d] = cache["empty_pooled"][0].float()
-    length = max(int(mask.sum(1).max()), 1)
     cond = Cond(embeds[:, :length], mask[:, :length], pooled).to(device)
     return cache["latents"][idx_t].float().to(device), cond

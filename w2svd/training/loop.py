@@ -1,4 +1,8 @@
-"""The one training loop: every method (features, VAE, teacher, W2SVD, DMD, LCM) runs through it."""
+"""The one training loop: every method (features, VAE, teacher, W2SVD, DMD, LCM) runs through it.
+
+Under ``accelerate launch --num_processes N`` it is data parallel: each process trains on its rows of the
+global batch, gradients are averaged over processes before clipping, and only the main process writes.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,15 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 
 from w2svd.config import ConfigError, from_dict
@@ -21,6 +27,8 @@ from w2svd.training.checkpoint import load_latest, save_checkpoint, set_rng_stat
 from w2svd.training.config import OptimConfig, TrainConfig
 
 log = logging.getLogger(__name__)
+MAX_CONSECUTIVE_SKIPS = 10  # with skip_nonfinite, more consecutive steps with a skipped update stop the run
+BUCKET_NUMEL = 1 << 25  # gradients are all-reduced in flat buckets of at most this many elements
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,7 +66,7 @@ def check_output_dir(out: Path) -> None:
     """Fail before any work if the run folder cannot be written."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"  # one per process: every rank checks before any collective
         probe.write_bytes(b"0" * 4096)
         probe.unlink()
     except OSError as e:
@@ -76,16 +84,73 @@ def write_resolved_config(cfg: TrainConfig, out: Path) -> None:
     path.write_text(text)
 
 
+def shard_for(batch_size: int, num_processes: int, process_index: int) -> slice:
+    """The rows of each step's global batch of ``batch_size`` that process ``process_index`` trains on."""
+    if batch_size % num_processes:
+        raise ConfigError(
+            f"batch_size={batch_size} is the global batch and must be divisible by the number of processes "
+            f"({num_processes}); set batch_size to a multiple of {num_processes}"
+        )
+    per = batch_size // num_processes
+    return slice(process_index * per, (process_index + 1) * per)
+
+
+def average_gradients(params: list[torch.nn.Parameter], num_processes: int) -> None:
+    """Replace each gradient by its mean over processes (all-reduce of flat buckets of same-dtype gradients)."""
+    buckets: list[list[torch.Tensor]] = []
+    size = 0
+    for g in (p.grad for p in params if p.grad is not None):
+        if not buckets or buckets[-1][0].dtype != g.dtype or size + g.numel() > BUCKET_NUMEL:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(g)
+        size += g.numel()
+    for bucket in buckets:
+        flat = torch.cat([g.reshape(-1) for g in bucket])
+        torch.distributed.all_reduce(flat)
+        flat /= num_processes
+        offset = 0
+        for g in bucket:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def mean_over_processes(x: torch.Tensor, num_processes: int) -> float:
+    """The mean of scalar ``x`` over processes (NaN if it is NaN on any), the same value on every process."""
+    if num_processes == 1:
+        return float(x)
+    t = x.detach().float().reshape(1).clone()
+    torch.distributed.all_reduce(t)
+    return float(t) / num_processes
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Train (or resume) the run in ``cfg.output_dir``; export the method's artifact there; return the folder."""
     out = Path(cfg.output_dir)
     check_output_dir(out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out))
+    launched = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
+    accelerator = Accelerator(
+        cpu=launched > 1 and not torch.cuda.is_available(),  # several processes without GPUs: gloo on CPU
+        mixed_precision=cfg.mixed_precision,
+        log_with="tensorboard",
+        project_dir=str(out),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s))],
+    )
+    world, main = accelerator.num_processes, accelerator.is_main_process
+    if launched > 1 and world != launched:
+        raise RuntimeError(
+            f"WORLD_SIZE={launched} processes were launched but accelerate set up {world}; "
+            "launch with `accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`"
+        )
+    shard = shard_for(cfg.batch_size, world, accelerator.process_index)
     set_seed(cfg.seed)
-    method = build_method(cfg, accelerator.device)
-    write_resolved_config(cfg, out)
+    with accelerator.main_process_first():  # the main process builds a missing latent cache, the others read it
+        method = build_method(cfg, accelerator.device)
+    method.shard = shard
+    if main:
+        write_resolved_config(cfg, out)
     groups = method.param_groups()
     optimizers, schedulers = {}, {}
     for phase, (params, lr) in groups.items():
@@ -93,8 +158,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         optimizers[phase] = torch.optim.AdamW(params, lr=lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
         schedulers[phase] = torch.optim.lr_scheduler.LambdaLR(optimizers[phase], lr_lambda(o, cfg.max_steps))
 
-    start, elapsed = 0, 0.0
-    found = load_latest(out / "checkpoints")
+    start, elapsed, skipped = 0, 0.0, 0
+    found = load_latest(out / "checkpoints")  # every process resumes from the same files
     if found is not None:
         tensors, state, path = found
         method.load_trainable_state(tensors)
@@ -104,43 +169,69 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         set_rng_state(state["rng"])
         start = int(state["step"])
         elapsed = float(state.get("elapsed_seconds", 0.0))
+        skipped = int(state.get("skipped_nonfinite", 0))
         log.info("resumed from %s at step %d", path, start)
 
     def checkpoint(step: int) -> None:
+        if not main:
+            return
         state = {
             "optimizers": {k: v.state_dict() for k, v in optimizers.items()},
             "schedulers": {k: v.state_dict() for k, v in schedulers.items()},
             "elapsed_seconds": elapsed + time.perf_counter() - t0,
+            "skipped_nonfinite": skipped,
         }
         save_checkpoint(out / "checkpoints", step, method.trainable_state(), state, cfg.checkpoints_total_limit)
 
     accelerator.init_trackers("logs")
     method.train(True)
-    bar = tqdm(total=cfg.max_steps, initial=start, desc=f"{method.name}", disable=not progress, dynamic_ncols=True)
-    step = start
+    bar = tqdm(
+        total=cfg.max_steps, initial=start, desc=method.name, disable=not (progress and main), dynamic_ncols=True
+    )
+    step, consecutive = start, 0
     t0 = time.perf_counter()
     try:
         while step < cfg.max_steps:
             batch = method.batch(step)
             logs: dict[str, float] = {}
+            problem = ""
             for phase in method.phases(step):
                 loss, terms = method.loss(phase, batch)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"step {step}: loss of phase {phase!r} is {loss.item()} (terms {terms}); "
-                        f"the last checkpoint in {out / 'checkpoints'} is kept; lower the learning rate or check data"
-                    )
+                value = mean_over_processes(loss.detach(), world)  # every process takes the same branch below
+                if not math.isfinite(value):
+                    problem = f"step {step}: loss of phase {phase!r} is {value} (terms {terms})"
+                    if not cfg.skip_nonfinite:
+                        raise NonFiniteLossError(
+                            f"{problem}; the last checkpoint in {out / 'checkpoints'} is kept; "
+                            "lower the learning rate or check data (or set skip_nonfinite=true)"
+                        )
+                    skipped += 1
+                    if main:
+                        log.warning("%s: update skipped (skip_nonfinite), %d skipped so far", problem, skipped)
+                    optimizers[phase].zero_grad(set_to_none=True)
+                    continue
                 accelerator.backward(loss)
                 params = groups[phase][0]
+                if world > 1:
+                    average_gradients(params, world)
                 if cfg.optim.grad_clip > 0:
                     logs[f"{phase}/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
                 optimizers[phase].step()
                 schedulers[phase].step()
                 optimizers[phase].zero_grad(set_to_none=True)
                 method.after_step(phase)
-                logs[f"{phase}/loss"] = float(loss.detach())
+                logs[f"{phase}/loss"] = value  # the mean over processes; terms are the main process's
                 logs[f"{phase}/lr"] = schedulers[phase].get_last_lr()[0]
                 logs.update(terms)
+            consecutive = consecutive + 1 if problem else 0
+            if consecutive > MAX_CONSECUTIVE_SKIPS:
+                raise NonFiniteLossError(
+                    f"{problem}; {consecutive} consecutive steps had a non-finite loss (skip_nonfinite allows "
+                    f"{MAX_CONSECUTIVE_SKIPS}); the last checkpoint in {out / 'checkpoints'} is kept; "
+                    "lower the learning rate or check data"
+                )
+            if cfg.skip_nonfinite:
+                logs["train/skipped_nonfinite"] = skipped
             step += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
@@ -148,14 +239,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 accelerator.log(logs, step=step)
                 losses = {k.split("/")[0]: f"{v:.4g}" for k, v in logs.items() if k.endswith("/loss")}
                 bar.set_postfix(losses)
-                if not progress:  # keep a readable trace in log files
+                if main and not progress:  # keep a readable trace in log files
                     log.info("step %d/%d %s %.2f steps/s", step, cfg.max_steps, losses, logs["time/steps_per_s"])
             if cfg.validate_every and step % cfg.validate_every == 0 and step < cfg.max_steps:
                 run_validation(method, accelerator, out, step)
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
                 checkpoint(step)
     except KeyboardInterrupt:
-        if step > start:
+        if step > start and main:
             checkpoint(step)
             log.warning("interrupted: saved a checkpoint at step %d; re-run the same command to resume", step)
         raise
@@ -163,18 +254,23 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         bar.close()
     run_validation(method, accelerator, out, step)
     method.train(False)
-    method.export(out)
-    seconds = elapsed + time.perf_counter() - t0
-    (out / "train_time.json").write_text(json.dumps({"seconds": round(seconds, 1), "steps": step}))
+    if main:
+        method.export(out)
+        seconds = elapsed + time.perf_counter() - t0
+        (out / "train_time.json").write_text(json.dumps({"seconds": round(seconds, 1), "steps": step}))
+    accelerator.wait_for_everyone()  # every process returns once the artifact is written
     accelerator.end_training()
     return out
 
 
 def run_validation(method: Method, accelerator: Accelerator, out: Path, step: int) -> None:
-    method.train(False)
-    with torch.no_grad():
-        metrics = method.validate(step, out / "validation")
-    if metrics:
-        accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
-        log.info("step %d validation: %s", step, metrics)
-    method.train(True)
+    """Render and log validation on the main process; the others wait (up to ``dist_timeout_s``)."""
+    if accelerator.is_main_process:
+        method.train(False)
+        with torch.no_grad():
+            metrics = method.validate(step, out / "validation")
+        if metrics:
+            accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
+            log.info("step %d validation: %s", step, metrics)
+        method.train(True)
+    accelerator.wait_for_everyone()

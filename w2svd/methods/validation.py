@@ -1,0 +1,61 @@
+"""Validation during distillation: FD and adherence of the few-step sampler, appended to ``metrics.jsonl``.
+
+These points make the training curves of the benchmark (FD-clip vs step, DMD vs W2SVD). They need the
+metric networks' clip format (the embedded portrait world: 9 frames, 64x64), so they are off (n=0) for
+other data settings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from w2svd.data import tensor_to_video
+from w2svd.eval.features import NUM_FRAMES, SIZE
+from w2svd.eval.metrics import evaluate_generator
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def validation_metrics(
+    sample: Callable[[list[str], list[int]], torch.Tensor],
+    n: int,
+    step: int,
+    out_dir: Path,
+    generator_updates: int,
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """Score ``sample`` (prompts, seeds -> videos in [-1, 1]) on ``n`` held-out pairs; log a line in metrics.jsonl."""
+
+    def generate(prompts: list[str], seeds: list[int]) -> np.ndarray:
+        video = sample(prompts, seeds)
+        if tuple(video.shape[2:]) != (NUM_FRAMES, SIZE, SIZE):
+            raise ValueError(
+                f"validation metrics need {NUM_FRAMES} frames of {SIZE}x{SIZE} (the metric networks' format), "
+                f"got videos of shape {tuple(video.shape)}; set method.val_metrics_n=0 for this data setting"
+            )
+        return np.stack([tensor_to_video(v) for v in video])
+
+    result = evaluate_generator(generate, n=n, batch_size=batch_size)
+    scores = {k: float(v) for k, v in result.items() if k == "fd_frame" or k == "fd_clip" or k.startswith("adher")}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / METRICS_FILE, "a") as f:
+        f.write(json.dumps({"step": step, "generator_updates": generator_updates, "n": n, **scores}) + "\n")
+    return scores
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
+    """The validation points of a run, one per step (a resumed run's repeated step keeps its last line)."""
+    path = Path(run_dir) / "validation" / METRICS_FILE
+    if not path.is_file():
+        return []
+    points = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            points[entry["step"]] = entry
+    return [points[s] for s in sorted(points)]
