@@ -55,8 +55,14 @@ class Backbone:
         raise NotImplementedError
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance: float = 1.0) -> torch.Tensor:
-        """The model's flow prediction v = eps - x0 at noise level sigma (a float or (B,))."""
+        """The model's flow prediction v = eps - x0 at noise level sigma (a float or (B,)); ``guidance`` is the
+        embedded guidance value, ignored by a model without a guidance embedding (see ``guidance_embedded``)."""
         raise NotImplementedError
+
+    @property
+    def guidance_embedded(self) -> bool:
+        """Whether ``velocity`` reads ``guidance`` (a guidance-distilled model with a guidance embedding)."""
+        return False
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 3, F, H, W) in [-1, 1] -> scaled latents (B, C, F', H', W')."""

@@ -23,11 +23,15 @@ class HunyuanVideoBackbone(Backbone):
         length = max(int(mask.sum(1).max()), 1)  # right padding beyond the longest prompt is masked anyway
         return Cond(embeds[:, :length], mask[:, :length], pooled)
 
+    @property
+    def guidance_embedded(self) -> bool:
+        return bool(self.transformer.config.guidance_embeds)  # True for HunyuanVideo 13B
+
     def velocity(self, x: torch.Tensor, sigma, cond: Cond, guidance: float = 1.0) -> torch.Tensor:
         t = self.transformer
         sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
         g = None
-        if t.config.guidance_embeds:
+        if self.guidance_embedded:
             g = torch.full((x.shape[0],), guidance * 1000.0, device=x.device, dtype=t.dtype)
         return t(
             hidden_states=x.to(t.dtype),

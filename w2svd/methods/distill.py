@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 __all__ = ["FAKE", "GENERATOR", "REAL", "DistillConfig", "DistillMethod", "load_teacher"]
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # method.dtype
+
+
 @dataclasses.dataclass
 class DistillConfig:
     base: str = "embedded"  # teacher pipeline: 'embedded', a folder, or a Hub id
@@ -65,7 +68,11 @@ class DistillConfig:
     discriminator: bool = False  # DMD2-style GAN head on the fake score's features (discriminator.py)
     gan_generator_weight: float = 5e-3  # weight of the generator's GAN loss (DMD2's SDXL setting)
     gan_discriminator_weight: float = 1e-2  # weight of the head's loss in the fake-score phase
-    cache_dir: str = "runs/cache"
+    guidance: float = 1.0  # embedded guidance of every role's velocity (guidance_embeds models; 13B samples ~6)
+    dtype: str = "float32"  # frozen pipeline weights: float32 | bfloat16 | float16 (trained weights stay fp32)
+    gradient_checkpointing: bool = False  # diffusers' per-block checkpointing of the trained transformer(s)
+    prepared: str = ""  # training/prepare.py output folder (bucket data.height x data.width); "": portrait clips
+    cache_dir: str = "runs/cache"  # synthetic portrait-world latent cache (when prepared is "")
     cache_clips: int = 12000
     val_prompts: int = 8
     val_metrics_n: int = 0  # held-out pairs scored at each validation (FD, adherence); needs 9 frames of 64x64
@@ -94,10 +101,20 @@ class DistillConfig:
             raise ConfigError("method.gan_generator_weight and method.gan_discriminator_weight must be >= 0")
         if self.val_metrics_n and self.val_metrics_n < 8:
             raise ConfigError(f"method.val_metrics_n={self.val_metrics_n}: use 0 (off) or >= 8 (64 recommended)")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"method.dtype={self.dtype!r} must be one of {list(DTYPES)}")
+        if self.guidance <= 0:
+            raise ConfigError(f"method.guidance={self.guidance} must be > 0 (1.0 for a model without guidance embeds)")
+        if self.gradient_checkpointing and self.discriminator and self.roles == "lora":
+            raise ConfigError(
+                "method.gradient_checkpointing with method.discriminator and roles=lora: the generator's GAN loss "
+                "runs the fake-score LoRA in the generator's graph, and checkpointed blocks would be recomputed with "
+                "the generator LoRA active; turn one of them off"
+            )
 
 
-def load_teacher(cfg: DistillConfig, device: torch.device):
-    """The frozen base pipeline: a real one, or a random tiny one built from ``random_base``."""
+def load_teacher(cfg: DistillConfig, device: torch.device, dtype: torch.dtype = torch.float32):
+    """The frozen base pipeline in ``dtype``: a real one, or a random tiny one built from ``random_base``."""
     if cfg.random_base:
         from w2svd.methods.flow_matching import FlowMatchingConfig, build_embedded_pipeline
 
@@ -108,9 +125,11 @@ def load_teacher(cfg: DistillConfig, device: torch.device):
     else:
         from w2svd.pipeline import load_base
 
-        pipe, _ = load_base(cfg.base, device=str(device), dtype=torch.float32)
+        pipe, _ = load_base(cfg.base, device=str(device), dtype=dtype)
         base_name = cfg.base
     pipe.to(device)
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
     return pipe, base_name
 
 
@@ -123,20 +142,38 @@ class DistillMethod(Method):
 
     def __init__(self, cfg: DistillConfig, train, device) -> None:
         super().__init__(cfg, train, device)
-        self.pipe, self.base_name = load_teacher(cfg, device)
+        d = train.data
+        if cfg.prepared:  # read (and checked) before the weights are loaded
+            self.cache = latent_cache.from_prepared(cfg.prepared, *d.hw, d.num_frames)
+        elif d.hw != (d.size, d.size):
+            raise ConfigError(
+                f"data.height x data.width = {d.hw[0]}x{d.hw[1]} needs method.prepared (real clips): the synthetic "
+                f"portrait clips are square, data.size={d.size}"
+            )
+        self.pipe, self.base_name = load_teacher(cfg, device, DTYPES[cfg.dtype])
         self.backbone = backbone_for(self.pipe)
+        if cfg.guidance != 1.0 and not self.backbone.guidance_embedded:
+            raise ConfigError(
+                f"method.guidance={cfg.guidance} has no effect: base {self.base_name!r} has no guidance embedding; "
+                "set method.guidance=1.0"
+            )
         self.transformer = self.pipe.transformer  # the shared backbone (lora) or the frozen teacher (copies)
         self.roles = ROLES[cfg.roles](self.backbone, cfg)
         self.params = self.roles.params
+        if cfg.gradient_checkpointing:
+            for role in (GENERATOR, FAKE):
+                self.roles.transformer(role).enable_gradient_checkpointing()
         self.sigmas = get_sigmas(cfg.steps, cfg.generator_shift)
         levels = NoiseLevels(cfg.noise_shift)
         self.fm_loss = FlowMatchingLoss(levels)
         self.dm_loss = DistributionMatchingLoss(
             NoiseLevels(cfg.noise_shift, cfg.dm_s_min, cfg.dm_s_max), cfg.dm_normalizer
         )
-        d = train.data
-        data = PortraitDataset("train", seed=d.seed, num_frames=d.num_frames, size=d.size)
-        self.cache = latent_cache.load_or_build(self.backbone, data, cfg.cache_clips, cfg.cache_dir)
+        if cfg.prepared:
+            latent_cache.check_shape(self.cache, self.backbone.latent_shape(d.num_frames, *d.hw), cfg.prepared)
+        else:
+            data = PortraitDataset("train", seed=d.seed, num_frames=d.num_frames, size=d.size)
+            self.cache = latent_cache.load_or_build(self.backbone, data, cfg.cache_clips, cfg.cache_dir)
         self.ema = EMA(self.roles.named(GENERATOR), cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.generator_updates = 0
         self.head, self.tap = None, None
@@ -313,7 +350,7 @@ class DistillMethod(Method):
             "sigmas_by_steps": {str(c.steps): [round(float(s), 6) for s in self.sigmas]},
             "default_steps": c.steps,
             "generator_shift": c.generator_shift,
-            "guidance_scale": 1.0,
+            "guidance_scale": c.guidance,
             "renoise": True,
             "alpha_weak": c.alpha_weak,
             "lambda_gt": c.lambda_gt,
@@ -343,7 +380,7 @@ def few_step_videos(
 ) -> torch.Tensor:
     """Decoded videos in [-1, 1] from ``sample_renoise`` with ``velocity_for(cond)``, per-seed CPU noise."""
     cond = backbone.encode_prompts(prompts)
-    shape = backbone.latent_shape(data.num_frames, data.size, data.size)
+    shape = backbone.latent_shape(data.num_frames, *data.hw)
     noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
     gen = torch.Generator(device=device).manual_seed(seeds[0])
     lat = sample_renoise(velocity_for(cond), noise.to(device), sigmas, generator=gen)

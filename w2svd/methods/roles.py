@@ -30,6 +30,7 @@ class LoraAdapters:
 
     peft's ``set_adapters`` flips ``requires_grad`` of inactive adapters and autograd reads the flag at
     backward time, so a loss must end with ``arm(trained_adapter)`` or its adapter silently gets no gradient.
+    The adapters are kept in fp32 whatever the frozen weights' dtype (peft creates them in the base's dtype).
     """
 
     def __init__(self, transformer, configs: dict[str, LoraConfig]) -> None:
@@ -38,6 +39,8 @@ class LoraAdapters:
         for name, config in configs.items():
             transformer.add_adapter(config, adapter_name=name)
         self.params = {name: trainable_lora_params(transformer, name) for name in configs}
+        for p in (p for params in self.params.values() for p in params):
+            p.data = p.data.float()  # as diffusers' cast_training_params; a no-op on an fp32 backbone
 
     def use(self, adapter: str, scale: float = 1.0) -> None:
         """Make ``adapter`` the only active one, at ``scale`` (0 reproduces the backbone exactly)."""
@@ -87,7 +90,7 @@ class LoraRoles(Roles):
     """Generator and fake-score LoRAs on one frozen backbone; real score = backbone + alpha_weak * fake LoRA."""
 
     def __init__(self, backbone: Backbone, cfg) -> None:
-        self.backbone, self.cfg = backbone, cfg  # cfg.alpha_weak is read at call time
+        self.backbone, self.cfg = backbone, cfg  # cfg.alpha_weak and cfg.guidance are read at call time
         regex = backbone.lora_target_regex
         self.adapters = LoraAdapters(
             backbone.transformer,
@@ -103,7 +106,7 @@ class LoraRoles(Roles):
         if scale is None:
             scale = self.cfg.alpha_weak if role == REAL else 1.0
         self.adapters.use(adapter, scale)
-        return self.backbone.velocity(x, s, cond)
+        return self.backbone.velocity(x, s, cond, self.cfg.guidance)
 
     def arm(self, phase: str) -> None:
         self.adapters.arm(phase)
@@ -122,12 +125,16 @@ class LoraRoles(Roles):
 
 
 class CopiesRoles(Roles):
-    """Full-parameter generator and fake-score copies of the transformer; the original is the frozen teacher."""
+    """Full-parameter generator and fake-score copies of the transformer; the original is the frozen teacher.
+
+    The trained copies are fp32 whatever the teacher's dtype (``method.dtype``).
+    """
 
     def __init__(self, backbone: Backbone, cfg) -> None:
+        self.cfg = cfg  # cfg.guidance is read at call time
         teacher = backbone.transformer
         teacher.requires_grad_(False)
-        self.modules = {GENERATOR: copy.deepcopy(teacher), FAKE: copy.deepcopy(teacher)}
+        self.modules = {GENERATOR: copy.deepcopy(teacher).float(), FAKE: copy.deepcopy(teacher).float()}
         for module in self.modules.values():
             module.requires_grad_(True)
         self.backbones = {REAL: backbone}
@@ -139,7 +146,7 @@ class CopiesRoles(Roles):
     def velocity(self, role, x, s, cond, scale=None):
         if scale is not None and scale != 1.0:
             raise ValueError(f"scale={scale}: full-copy roles have no adapter to scale; use method.roles=lora")
-        return self.backbones[role].velocity(x, s, cond)
+        return self.backbones[role].velocity(x, s, cond, self.cfg.guidance)
 
     def arm(self, phase: str) -> None:
         for role, module in self.modules.items():

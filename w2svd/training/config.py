@@ -29,12 +29,23 @@ class OptimConfig:
 @dataclasses.dataclass
 class DataConfig:
     num_frames: int = 9
-    size: int = 64
+    size: int = 64  # side of the (square) synthetic portrait clips
     seed: int = 0  # dataset seed (which clips); the run seed drives batch order and noise
+    height: int | None = None  # clip height where a method supports non-square clips (w2svd); None: size
+    width: int | None = None  # clip width; None: size
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """(height, width) of the clips: ``height``/``width``, each defaulting to ``size``."""
+        return (self.height or self.size, self.width or self.size)
 
     def validate(self) -> None:
         if self.num_frames < 1 or (self.num_frames - 1) % 4:
             raise ConfigError(f"data.num_frames={self.num_frames} must be 4k+1 (1, 5, 9, ...)")
+        for key in ("size", "height", "width"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{key}={value} must be >= 1 (height/width: omit or null to use data.size)")
 
 
 @dataclasses.dataclass

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from w2svd.backbones import Backbone, Cond
+from w2svd.config import ConfigError
 from w2svd.data import PortraitDataset
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,40 @@ def load_or_build(
     tmp.replace(path)
     log.info("wrote latent cache %s (%d clips)", path, num_clips)
     return cache
+
+
+def from_prepared(folder: str | Path, height: int, width: int, num_frames: int) -> dict[str, torch.Tensor]:
+    """Bucket ``<height>x<width>`` of a ``training/prepare.py`` folder, in the layout ``load_or_build`` returns."""
+    from w2svd.prepare import INDEX, load_prepared
+
+    folder, bucket = Path(folder), f"{height}x{width}"
+    if not (folder / INDEX).is_file():
+        raise ConfigError(
+            f"method.prepared={str(folder)!r} has no {INDEX}: run training/prepare.py --out {folder} to the end "
+            "(the index is written last), or leave method.prepared empty for the synthetic portrait clips"
+        )
+    settings = json.loads((folder / INDEX).read_text())["settings"]
+    if settings["num_frames"] != num_frames:
+        raise ConfigError(
+            f"data.num_frames={num_frames} but {folder} was prepared with --num-frames {settings['num_frames']}; "
+            "set data.num_frames to match or prepare the videos again"
+        )
+    try:
+        cache = load_prepared(folder, bucket)
+    except ValueError as e:  # the bucket has no clips; the message lists the available ones
+        raise ConfigError(f"data.height x data.width = {bucket}: {e}; set data.height/data.width to one") from e
+    log.info("using %d prepared clips of bucket %s from %s", len(cache["latents"]), bucket, folder)
+    return cache
+
+
+def check_shape(cache: dict[str, torch.Tensor], want: tuple[int, ...], folder: str | Path) -> None:
+    """Prepared latents must have the shape (C, F', H', W') the base gives the run's clips."""
+    got = tuple(cache["latents"].shape[1:])
+    if got != tuple(want):
+        raise ConfigError(
+            f"latents in {folder} are {got} (C, F', H', W') but the base gives {tuple(want)} for data.num_frames x "
+            "data.height x data.width; prepare with the same base (training/prepare.py --base) and settings"
+        )
 
 
 def cache_batch(

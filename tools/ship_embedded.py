@@ -1,0 +1,56 @@
+"""Ship a finished embedded distillation run into assets/: python tools/ship_embedded.py RUN_DIR [--out FOLDER].
+
+Copies the run's `pytorch_lora_weights.safetensors` (header metadata included) and `w2svd_lora.json`, writes
+a model card (w2svd.cards.lora_card, with the local base path in its snippet and the training figures of the
+run), and the last validation grid as `samples.png`. Default target: assets/embedded/w2svd-4step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from w2svd.cards import lora_card
+    from w2svd.hub import _run_defaults
+    from w2svd.lora import WEIGHT_NAME, read_metadata
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--out", type=Path, default=ROOT / "assets" / "embedded" / "w2svd-4step")
+    args = ap.parse_args(argv)
+    weights = args.run_dir / WEIGHT_NAME
+    meta = read_metadata(weights) if weights.is_file() else {}
+    if not meta:
+        print(f"error: {weights} is missing or has no w2svd metadata; finish the run first", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(weights, args.out / WEIGHT_NAME)
+    (args.out / "w2svd_lora.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    card = lora_card(meta, "assets/embedded/base", "assets/embedded/w2svd-4step", _run_defaults(args.run_dir))
+    timing = args.run_dir / "train_time.json"
+    if timing.is_file():
+        t = json.loads(timing.read_text())
+        card += (
+            f"\nTrained with `python training/run.py --config training/configs/embedded_w2svd.yaml` from the shipped "
+            f"base: {t['steps']} loop steps ({meta.get('training_steps')} generator updates) in "
+            f"{t['seconds'] / 60:.0f} min on a 2-core CPU. Benchmark: `docs/benchmark.md`.\n"
+        )
+    grids = sorted((args.run_dir / "validation").glob("step-*.png"))
+    if grids:
+        shutil.copyfile(grids[-1], args.out / "samples.png")
+        card += "\n![validation samples: held-out prompts, 4 steps](samples.png)\n"
+    (args.out / "README.md").write_text(card)
+    print(f"shipped {weights} -> {args.out} ({(args.out / WEIGHT_NAME).stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
