@@ -2,7 +2,8 @@
 
 Copies the run's `pytorch_lora_weights.safetensors` (header metadata included) and `w2svd_lora.json`, writes
 a model card (w2svd.cards.lora_card, with the local base path in its snippet and the training figures of the
-run), and the last validation grid as `samples.png`. Default target: assets/embedded/w2svd-4step.
+run), the last validation grid as `samples.png`, and `train_time.json` + `validation/metrics.jsonl` (the
+benchmark's training figures and curve). Default target: assets/embedded/w2svd-4step.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
             f"base: {t['steps']} loop steps ({meta.get('training_steps')} generator updates) in "
             f"{t['seconds'] / 60:.0f} min on a 2-core CPU. Benchmark: `docs/benchmark.md`.\n"
         )
+    for extra in ("train_time.json", "validation/metrics.jsonl"):  # training figures and curve for the benchmark
+        if (args.run_dir / extra).is_file():
+            (args.out / extra).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(args.run_dir / extra, args.out / extra)
     grids = sorted((args.run_dir / "validation").glob("step-*.png"))
     if grids:
         shutil.copyfile(grids[-1], args.out / "samples.png")
