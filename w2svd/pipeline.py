@@ -182,9 +182,9 @@ class VideoGenerator:
 
     # ---- input checks -------------------------------------------------------------------------
     def check_prompt(self, prompt: str) -> str:
-        if not isinstance(prompt, str):
+        if prompt is not None and not isinstance(prompt, str):
             raise ValueError(f"prompt must be text, got {type(prompt).__name__} {prompt!r}")
-        if not prompt.strip():
+        if prompt is None or not prompt.strip():
             raise ValueError("prompt is empty: describe the video, e.g. 'a woman with long red hair talking'")
         prompt = " ".join(prompt.split())
         tok = self.pipe.tokenizer
