@@ -126,6 +126,18 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int) -> Path:
     return Path(path)
 
 
+def release_memory() -> None:
+    """Return freed heap pages to the OS after a request (glibc keeps them otherwise, so RSS creeps up)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
+
+
 class VideoStore:
     """mp4 files in one folder, keeping only the newest ``max_files`` (older ones are deleted)."""
 

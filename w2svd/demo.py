@@ -13,6 +13,7 @@ from w2svd.app_utils import (
     SideStats,
     VideoStore,
     display_scale,
+    release_memory,
     spaces_gpu,
     stats_dict,
     stats_markdown,
@@ -163,7 +164,9 @@ class DemoHandlers:
 
     def _video(self, result: GenerationResult, tag: str) -> str:
         frames = upscale_nearest(result.frames[0], self.scale)  # (F, H*s, W*s, 3)
-        return str(self.videos.write(frames, self.generator.defaults.fps, tag))
+        path = self.videos.write(frames, self.generator.defaults.fps, tag)
+        release_memory()
+        return str(path)
 
     # ---- handlers -----------------------------------------------------------------------------
     def stream(self, prompt, seed, randomize, few_steps, run_baseline, progress=gr.Progress()) -> Iterator[Outputs]:
