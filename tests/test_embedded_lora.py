@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from safetensors import safe_open
+from stock_pipeline import stock_few_step_video
 
 from w2svd.hub import EMBEDDED
 from w2svd.lora import WEIGHT_NAME, read_metadata
@@ -38,30 +38,8 @@ def test_shipped_lora_has_its_metadata_card_and_only_lora_keys():
 
 def test_stock_pipeline_reproduces_the_shipped_few_step_video(gen):
     """The card's snippet, run as written, gives our pipeline's video for the same seed."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
-
-    meta = read_metadata(LORA / WEIGHT_NAME)
-    sigmas = meta["sigmas_by_steps"]["4"][:-1]
     ours = gen.few_step([PROMPT], [3]).frames[0]
-    pipe = HunyuanVideoPipeline.from_pretrained(BASE)
-    pipe.load_lora_weights(str(LORA))
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
-        pipe.scheduler.config, shift=1.0, stochastic_sampling=True
-    )
-    torch.manual_seed(3)
-    d = gen.defaults
-    out = pipe(
-        prompt=PROMPT,
-        height=d.height,
-        width=d.width,
-        num_frames=d.num_frames,
-        sigmas=sigmas,
-        num_inference_steps=len(sigmas),
-        guidance_scale=meta["guidance_scale"],
-        generator=torch.Generator().manual_seed(3),
-        output_type="np",
-    ).frames[0]
-    stock = np.round(out * 255).astype(np.uint8)
+    stock = stock_few_step_video(BASE, LORA, PROMPT, 3, gen.defaults)
     assert np.abs(stock.astype(int) - ours.astype(int)).max() <= 1
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from stock_pipeline import stock_few_step_video
 
 from w2svd.pipeline import VideoGenerator
 
@@ -64,32 +65,8 @@ def test_bad_inputs_are_named(gen, prompt, seed, steps, message):
 
 def test_stock_diffusers_pipeline_reproduces_the_few_step_video(gen, tiny_pipeline_dir, lora_dir):
     """The model card's snippet: stock HunyuanVideoPipeline + load_lora_weights + sigmas= + stochastic sampling."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
-
-    from w2svd.lora import read_metadata
-
-    meta = read_metadata(lora_dir)
-    sigmas = meta["sigmas_by_steps"]["4"][:-1]
     ours = gen.few_step([PROMPT], [11]).frames[0]
-    pipe = HunyuanVideoPipeline.from_pretrained(tiny_pipeline_dir)
-    pipe.load_lora_weights(str(lora_dir))
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
-        pipe.scheduler.config, shift=1.0, stochastic_sampling=True
-    )
-    torch.manual_seed(11)  # the scheduler's re-noising draws from the global RNG
-    d = gen.defaults
-    out = pipe(
-        prompt=PROMPT,
-        height=d.height,
-        width=d.width,
-        num_frames=d.num_frames,
-        sigmas=sigmas,
-        num_inference_steps=len(sigmas),
-        guidance_scale=meta["guidance_scale"],
-        generator=torch.Generator().manual_seed(11),
-        output_type="np",
-    ).frames[0]
-    stock = np.round(out * 255).astype(np.uint8)
+    stock = stock_few_step_video(tiny_pipeline_dir, lora_dir, PROMPT, 11, gen.defaults)
     assert stock.shape == ours.shape
     assert np.abs(stock.astype(int) - ours.astype(int)).max() <= 1
 
