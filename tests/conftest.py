@@ -107,3 +107,12 @@ def tiny64_pipeline_dir(tmp_path_factory, tiny_pipeline_dir) -> Path:
         json.dumps({**TINY_DEFAULTS, "height": 64, "width": 64, "num_frames": 9})
     )
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module whose tests share the CPU with the app's server process (2 cores contend)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

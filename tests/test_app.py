@@ -9,7 +9,6 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
-import torch
 from app_fixtures import ROOT, export_tiny_lora, read_mp4, start_app, stop_app
 
 from w2svd.app_utils import (
@@ -40,13 +39,7 @@ PROMPT = "a young woman with curly red hair and green eyes, no glasses, talking 
 FRAMES, DISPLAY = 5, 256  # the tiny model: 5 frames of 32x32, shown at 256x256 (nearest x8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread here: the tests share the CPU with the app's server process (and, on 2 cores, contend)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests share the CPU with a server process
 
 
 @pytest.fixture(scope="module")

@@ -2,32 +2,14 @@
 
 import pytest
 import torch
-import yaml
 from safetensors import safe_open
+from tiny_config import tiny_cfg
 
-from w2svd.config import from_dict
 from w2svd.lora import WEIGHT_NAME, read_metadata
 from w2svd.methods.distill import FAKE, GENERATOR
-from w2svd.training.config import TrainConfig
 from w2svd.training.loop import build_method, train
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
-
-
-def tiny_cfg(tmp_path, base_dir=None, **over) -> TrainConfig:
-    data = yaml.safe_load((ROOT / "training/configs/tiny_w2svd.yaml").read_text())
-    data["output_dir"] = str(tmp_path / "run")
-    data["method"]["cache_dir"] = str(tmp_path / "cache")
-    if base_dir is not None:
-        data["method"].pop("random_base")
-        data["method"]["base"] = str(base_dir)
-    for k, v in over.items():
-        node = data
-        *parents, last = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = v
-    return from_dict(TrainConfig, data)
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,14 @@ import textwrap
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
+from tiny_config import tiny_cfg
 
-from w2svd.config import ConfigError, from_dict
+from w2svd.config import ConfigError
 from w2svd.losses import SampleNoise
 from w2svd.methods.distill import FAKE, GENERATOR
 from w2svd.training import loop
 from w2svd.training.checkpoint import list_checkpoints
-from w2svd.training.config import TrainConfig
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "training/configs/tiny_w2svd.yaml"
@@ -39,20 +38,6 @@ WORKER = textwrap.dedent(
     save_file(state, os.path.join(cfg.output_dir, f"trainable-rank{os.environ['RANK']}.safetensors"))
     """
 )
-
-
-def tiny_cfg(tmp_path, **over) -> TrainConfig:
-    """tiny_w2svd.yaml with dotted overrides (``optim.eps``) given as keyword names."""
-    data = yaml.safe_load(CONFIG.read_text())
-    data["output_dir"] = str(tmp_path / "run")
-    data["method"]["cache_dir"] = str(tmp_path / "cache")
-    for key, value in over.items():
-        *parents, last = key.split(".")
-        node = data
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return from_dict(TrainConfig, data)
 
 
 def test_shard_for_splits_the_global_batch_and_needs_a_multiple():

@@ -13,7 +13,6 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
-import torch
 import yaml
 from app_fixtures import ROOT, export_tiny_lora
 from hypothesis import HealthCheck, event, example, given, settings
@@ -48,12 +47,7 @@ seeds = st.one_of(
 steps = st.one_of(st.integers(-2, 10), st.booleans(), st.floats(0, 8), st.none(), st.text(max_size=2))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests share the CPU with a server process
 
 
 @pytest.fixture(scope="module")
