@@ -25,14 +25,22 @@ def lora_config(rank: int, alpha: float, target_regex: str, init: bool | str = T
     return LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_regex, init_lora_weights=init)
 
 
-def save_lora(transformer, adapter_name: str, out_dir: Path, metadata: dict[str, Any], pipeline_cls) -> Path:
+def save_lora(
+    transformer,
+    adapter_name: str,
+    out_dir: Path,
+    metadata: dict[str, Any],
+    pipeline_cls,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write ``adapter_name`` as diffusers-format ``pytorch_lora_weights.safetensors`` plus our metadata.
 
     Keys get the ``transformer.`` prefix that ``load_lora_weights`` filters on; the peft config is kept so
     lora_alpha survives; ``metadata`` goes under the ``w2svd`` header key and into ``w2svd_lora.json``.
+    ``state_dict``: the adapter's full tensors by parameter name, when the module holds shards of them.
     """
     out_dir = Path(out_dir)
-    state = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
+    state = get_peft_model_state_dict(transformer, state_dict=state_dict, adapter_name=adapter_name)
     config = transformer.peft_config[adapter_name].to_dict()
     pipeline_cls.save_lora_weights(
         out_dir,

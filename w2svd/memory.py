@@ -7,11 +7,12 @@ Assumptions, per GPU. ``w2svd``: one frozen backbone + generator and fake-score 
 parameters are fp32 (LoRAs upcast as with diffusers' ``cast_training_params``), AdamW keeps fp32 ``exp_avg`` and
 ``exp_avg_sq`` (8 B/param) for every optimiser, and gradients exist for one phase at a time (``set_to_none``).
 - ``none`` (one GPU, or DDP): frozen weights bf16 (2 B); fp32 gradients, plus a same-size DDP bucket if gpus > 1.
-- ``fsdp`` (FSDP1 FULL_SHARD with use_orig_params, as ``training/accelerate/fsdp_8gpu.yaml``): a flat parameter
-  needs one dtype, so a block holding fp32 LoRAs stores its frozen weights in fp32 too, and it gets an fp32
-  gradient for all of its parameters, frozen ones included; a frozen real-score copy stays bf16. All / gpus.
-- ``zero3`` (DeepSpeed ZeRO-3, bf16): per-parameter partitions; bf16 weights, fp32 gradients for trainable
-  parameters only, fp32 master weights counted with the optimiser states (12 B/param). All / gpus.
+- ``fsdp`` (FSDP2, per-parameter sharding, what the training loop applies with ``sharding: fsdp`` or
+  ``training/accelerate/fsdp_8gpu.yaml``; see ``w2svd.training.sharding``): frozen weights stay bf16 and
+  trainable ones fp32 in the same block, gradients only for the trained parameters. All / gpus.
+- ``zero3`` (DeepSpeed ZeRO-3, bf16; for comparison only, the training loop does not run under DeepSpeed):
+  per-parameter partitions; bf16 weights, fp32 gradients for trainable parameters only, fp32 master weights
+  counted with the optimiser states (12 B/param). All / gpus.
 - sharded runs also hold the gathered bf16 copy of the two largest blocks (current + prefetched).
 
 Activations (bf16, batch ``--batch``; not sharded, every GPU runs its own clips), per kept autograd graph:
@@ -240,10 +241,6 @@ def estimate(
     optim_note = f"AdamW fp32 exp_avg + exp_avg_sq for {_n(trainable)} params"
     if sharding == "none" and gpus > 1:
         grads, grad_note = 2 * grads, grad_note + " + DDP bucket copy"
-    if sharding == "fsdp" and method == "w2svd":  # fp32 flat parameters hold the frozen block weights too
-        weights, layout = 4 * (frozen + trainable), f"frozen {_n(frozen)} + trainable {_n(trainable)}, all fp32"
-        grads = 4 * (counts.block_params + trainable)
-        grad_note = f"fp32 flat-parameter grads for {_n(counts.block_params + trainable)} block params"
     if sharding == "zero3":
         weights, layout = 2 * (frozen + trainable), f"frozen {_n(frozen)} + trainable {_n(trainable)}, all bf16"
         optim, optim_note = 12 * trainable, f"fp32 master + AdamW exp_avg + exp_avg_sq for {_n(trainable)} params"

@@ -59,6 +59,13 @@ class Method:
     def train(self, mode: bool = True) -> None:
         """Set train/eval mode of the owned modules."""
 
+    def sharded_modules(self) -> list[torch.nn.Module]:
+        """The modules to shard under ``sharding: fsdp`` (none: the method does not support sharding)."""
+        return []
+
+    def rebind_parameters(self) -> None:
+        """Re-collect parameter references after sharding replaced the modules' parameters."""
+
     def validate(self, step: int, out_dir: Path) -> dict[str, float]:
         """Optional: write validation samples under out_dir and return scalar metrics to log."""
         return {}

@@ -31,7 +31,7 @@ from w2svd.methods.discriminator import DiscriminatorHead, FeatureTap, discrimin
 from w2svd.methods.roles import FAKE, GENERATOR, REAL, ROLES
 from w2svd.methods.validation import validation_metrics
 from w2svd.sampling import get_sigmas, sample_renoise
-from w2svd.training import latent_cache
+from w2svd.training import latent_cache, sharding
 from w2svd.training.config import DataConfig
 from w2svd.training.ema import EMA
 
@@ -318,7 +318,25 @@ class DistillMethod(Method):
                 elif n.startswith("disc::"):
                     dict(self.head.named_parameters())[n[6:]].copy_(t)
                 else:
-                    named[n].copy_(t)
+                    sharding.assign(named[n], t)  # full tensor into a (possibly sharded) parameter
+
+    def sharded_modules(self) -> list[torch.nn.Module]:
+        """The shared backbone (lora roles), or the teacher and both trained copies (copies roles)."""
+        if self.ema is not None:
+            raise ConfigError(
+                f"method.ema_decay={self.cfg.ema_decay} is not supported with sharding=fsdp (the EMA keeps its own "
+                "copy of the generator); set method.ema_decay=0 or sharding=none"
+            )
+        modules: list[torch.nn.Module] = []
+        for role in (REAL, GENERATOR, FAKE):
+            module = self.roles.transformer(role)
+            if all(module is not m for m in modules):
+                modules.append(module)
+        return modules
+
+    def rebind_parameters(self) -> None:
+        self.roles.rebind_parameters()
+        self.params = self.roles.params
 
     def train(self, mode: bool = True) -> None:
         self.roles.train(mode)
@@ -361,11 +379,15 @@ class DistillMethod(Method):
             "discriminator": c.discriminator,
         }
 
-    def export(self, out_dir: Path) -> None:
-        """The generator (EMA weights when ema_decay > 0): a diffusers LoRA, or a transformer folder (copies)."""
+    def export(self, out_dir: Path, write: bool = True) -> None:
+        """The generator (EMA weights when ema_decay > 0): a diffusers LoRA, or a transformer folder (copies).
+
+        Sharded: every process calls it and the one with ``write`` writes (see ``Roles.export``).
+        """
         with self.ema.swapped() if self.ema is not None else contextlib.nullcontext(), torch.no_grad():
-            self.roles.export(out_dir, self.metadata(), type(self.pipe))
-        log.info("exported %s", json.dumps(self.metadata()))
+            self.roles.export(out_dir, self.metadata(), type(self.pipe), write)
+        if write:
+            log.info("exported %s", json.dumps(self.metadata()))
 
 
 @torch.no_grad()

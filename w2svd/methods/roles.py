@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from peft import LoraConfig
+from safetensors.torch import save_file
 
 from w2svd.backbones import Backbone, Cond
 from w2svd.lora import lora_config, save_lora, trainable_lora_params
 from w2svd.pipeline import GENERATOR_META
+from w2svd.training import sharding
 
 GENERATOR, FAKE, REAL = "generator", "fake_score", "real_score"
 
@@ -81,8 +84,15 @@ class Roles:
     def train(self, mode: bool = True) -> None:
         raise NotImplementedError
 
-    def export(self, out_dir: Path, metadata: dict[str, Any], pipeline_cls) -> None:
-        """Write the generator's inference artifact and ``metadata`` into ``out_dir``."""
+    def rebind_parameters(self) -> None:
+        """Re-collect ``params`` after sharding replaced the modules' parameters."""
+        raise NotImplementedError
+
+    def export(self, out_dir: Path, metadata: dict[str, Any], pipeline_cls, write: bool = True) -> None:
+        """Write the generator's inference artifact and ``metadata`` into ``out_dir``.
+
+        Sharded modules: every process calls it (the shards are gathered) and only ``write`` ones write.
+        """
         raise NotImplementedError
 
 
@@ -120,8 +130,14 @@ class LoraRoles(Roles):
     def train(self, mode: bool = True) -> None:
         self.backbone.transformer.train(mode)
 
-    def export(self, out_dir, metadata, pipeline_cls) -> None:
-        save_lora(self.backbone.transformer, GENERATOR, out_dir, metadata, pipeline_cls)
+    def rebind_parameters(self) -> None:
+        self.adapters.params = {name: trainable_lora_params(self.transformer(GENERATOR), name) for name in self.params}
+        self.params = self.adapters.params
+
+    def export(self, out_dir, metadata, pipeline_cls, write=True) -> None:
+        state = sharding.gather({n: p.detach() for n, p in self.adapters.named(GENERATOR)})
+        if write:
+            save_lora(self.backbone.transformer, GENERATOR, out_dir, metadata, pipeline_cls, state_dict=state)
 
 
 class CopiesRoles(Roles):
@@ -162,10 +178,19 @@ class CopiesRoles(Roles):
         for backbone in self.backbones.values():
             backbone.transformer.train(mode)
 
-    def export(self, out_dir, metadata, pipeline_cls) -> None:
+    def rebind_parameters(self) -> None:
+        self.params = {role: list(module.parameters()) for role, module in self.modules.items()}
+
+    def export(self, out_dir, metadata, pipeline_cls, write=True) -> None:
         """A diffusers transformer folder ``<out_dir>/transformer`` with the metadata beside its config."""
+        module = self.modules[GENERATOR]
+        state = sharding.gather(module.state_dict())  # full tensors, whether or not the module is sharded
+        if not write:
+            return
         folder = Path(out_dir) / "transformer"
-        self.modules[GENERATOR].save_pretrained(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        module.save_config(folder)
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, folder / SAFETENSORS_WEIGHTS_NAME)
         (folder / GENERATOR_META).write_text(json.dumps(metadata, indent=1, sort_keys=True))
 
 

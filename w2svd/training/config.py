@@ -63,6 +63,8 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     skip_nonfinite: bool = False  # skip (and count) a phase update whose loss is NaN/inf instead of stopping;
     # the run still stops with NonFiniteLossError after more than 10 consecutive steps with a skip
+    sharding: str = "none"  # none | fsdp: with N > 1 processes, shard the method's transformers (FSDP2) instead
+    # of replicating them; an accelerate config with distributed_type FSDP selects fsdp too (w2svd.training.sharding)
     dist_timeout_s: float = 1800.0  # multi-process: how long a process waits for the others (e.g. for rank 0's
     # validation or latent cache) before failing instead of hanging
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -80,5 +82,7 @@ class TrainConfig:
             raise ConfigError(f"config.checkpoints_total_limit={self.checkpoints_total_limit} must be >= 1")
         if self.dist_timeout_s <= 0:
             raise ConfigError(f"config.dist_timeout_s={self.dist_timeout_s} must be > 0 (seconds)")
+        if self.sharding not in ("none", "fsdp"):
+            raise ConfigError(f"config.sharding={self.sharding!r} must be 'none' or 'fsdp'")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError(f"config.mixed_precision={self.mixed_precision!r} must be 'no', 'bf16' or 'fp16'")

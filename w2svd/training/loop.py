@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -18,11 +19,12 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, set_seed
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 
 from w2svd.config import ConfigError, from_dict
 from w2svd.methods import METHODS, Method
+from w2svd.training import sharding
 from w2svd.training.checkpoint import load_latest, save_checkpoint, set_rng_state
 from w2svd.training.config import OptimConfig, TrainConfig
 
@@ -115,6 +117,28 @@ def average_gradients(params: list[torch.nn.Parameter], num_processes: int) -> N
             offset += g.numel()
 
 
+def fsdp_settings(cfg: TrainConfig, accelerator: Accelerator) -> dict | None:
+    """Sharding options when this run shards (``sharding: fsdp`` or an accelerate FSDP config), else None."""
+    kind = accelerator.distributed_type
+    if kind == DistributedType.DEEPSPEED:
+        raise ConfigError(
+            "DeepSpeed is not supported by the training loop: W2SVD steps two optimisers (generator and fake-score "
+            "LoRAs) on one shared frozen backbone, and a DeepSpeed engine owns one model and one optimiser; "
+            "launch with training/accelerate/fsdp_8gpu.yaml (FSDP2 shards the backbone the same way as ZeRO-3)"
+        )
+    if cfg.sharding != "fsdp" and kind != DistributedType.FSDP:
+        return None
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    classes = getattr(plugin, "transformer_cls_names_to_wrap", None) or None
+    reshard = getattr(plugin, "reshard_after_forward", True)
+    if getattr(plugin, "activation_checkpointing", False):
+        log.warning("fsdp_activation_checkpointing is not applied by the loop; use method.gradient_checkpointing")
+    offload = getattr(plugin, "cpu_offload", None)
+    if getattr(offload, "offload_params", False) or type(offload).__name__ == "CPUOffloadPolicy":
+        log.warning("fsdp_offload_params is not applied by the loop: parameters stay on the GPU")
+    return {"classes": classes, "reshard_after_forward": reshard if isinstance(reshard, bool) else True}
+
+
 def mean_over_processes(x: torch.Tensor, num_processes: int) -> float:
     """The mean of scalar ``x`` over processes (NaN if it is NaN on any), the same value on every process."""
     if num_processes == 1:
@@ -149,6 +173,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     with accelerator.main_process_first():  # the main process builds a missing latent cache, the others read it
         method = build_method(cfg, accelerator.device)
     method.shard = shard
+    fsdp = fsdp_settings(cfg, accelerator) if world > 1 else None
+    sharded_modules: list[torch.nn.Module] = []
+    if fsdp is not None:
+        sharded_modules = method.sharded_modules()
+        if not sharded_modules:
+            raise ConfigError(
+                f"method {method.name!r} does not support sharding=fsdp (only the distillation methods do); "
+                "set sharding=none"
+            )
+        units = sharding.shard_modules(sharded_modules, fsdp["classes"], fsdp["reshard_after_forward"])
+        method.rebind_parameters()
+        log.info("FSDP: %d modules sharded in %d units over %d processes", len(sharded_modules), units, world)
     if main:
         write_resolved_config(cfg, out)
     groups = method.param_groups()
@@ -165,6 +201,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         method.load_trainable_state(tensors)
         for phase in optimizers:
             optimizers[phase].load_state_dict(state["optimizers"][phase])
+            sharding.shard_optimizer_state(optimizers[phase])
             schedulers[phase].load_state_dict(state["schedulers"][phase])
         set_rng_state(state["rng"])
         start = int(state["step"])
@@ -173,15 +210,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         log.info("resumed from %s at step %d", path, start)
 
     def checkpoint(step: int) -> None:
+        tensors = sharding.gather(method.trainable_state()) if sharded_modules else method.trainable_state()
+        optim_states = {k: v.state_dict() for k, v in optimizers.items()}
+        if sharded_modules:  # every process takes part in gathering the shards; the main one writes
+            optim_states = {k: sharding.gather(v) for k, v in optim_states.items()}
         if not main:
             return
         state = {
-            "optimizers": {k: v.state_dict() for k, v in optimizers.items()},
+            "optimizers": optim_states,
             "schedulers": {k: v.state_dict() for k, v in schedulers.items()},
             "elapsed_seconds": elapsed + time.perf_counter() - t0,
             "skipped_nonfinite": skipped,
         }
-        save_checkpoint(out / "checkpoints", step, method.trainable_state(), state, cfg.checkpoints_total_limit)
+        save_checkpoint(out / "checkpoints", step, tensors, state, cfg.checkpoints_total_limit)
 
     accelerator.init_trackers("logs")
     method.train(True)
@@ -212,9 +253,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                     continue
                 accelerator.backward(loss)
                 params = groups[phase][0]
-                if world > 1:
-                    average_gradients(params, world)
-                if cfg.optim.grad_clip > 0:
+                if world > 1:  # sharded gradients arrive reduce-scattered and averaged already
+                    average_gradients([p for p in params if not sharding.is_sharded(p)], world)
+                if cfg.optim.grad_clip > 0 and sharded_modules:
+                    logs[f"{phase}/grad_norm"] = sharding.clip_grad_norm(params, cfg.optim.grad_clip)
+                elif cfg.optim.grad_clip > 0:
                     logs[f"{phase}/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
                 optimizers[phase].step()
                 schedulers[phase].step()
@@ -242,20 +285,23 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 if main and not progress:  # keep a readable trace in log files
                     log.info("step %d/%d %s %.2f steps/s", step, cfg.max_steps, losses, logs["time/steps_per_s"])
             if cfg.validate_every and step % cfg.validate_every == 0 and step < cfg.max_steps:
-                run_validation(method, accelerator, out, step)
+                run_validation(method, accelerator, out, step, bool(sharded_modules))
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
                 checkpoint(step)
     except KeyboardInterrupt:
-        if step > start and main:
+        if step > start and main and not sharded_modules:  # gathering shards would need every process
             checkpoint(step)
             log.warning("interrupted: saved a checkpoint at step %d; re-run the same command to resume", step)
         raise
     finally:
         bar.close()
-    run_validation(method, accelerator, out, step)
+    run_validation(method, accelerator, out, step, bool(sharded_modules))
     method.train(False)
-    if main:
+    if sharded_modules:  # every process takes part in gathering the shards; the main one writes
+        method.export(out, write=main)
+    elif main:
         method.export(out)
+    if main:
         seconds = elapsed + time.perf_counter() - t0
         (out / "train_time.json").write_text(json.dumps({"seconds": round(seconds, 1), "steps": step}))
     accelerator.wait_for_everyone()  # every process returns once the artifact is written
@@ -263,14 +309,21 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     return out
 
 
-def run_validation(method: Method, accelerator: Accelerator, out: Path, step: int) -> None:
-    """Render and log validation on the main process; the others wait (up to ``dist_timeout_s``)."""
-    if accelerator.is_main_process:
-        method.train(False)
-        with torch.no_grad():
-            metrics = method.validate(step, out / "validation")
-        if metrics:
-            accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
-            log.info("step %d validation: %s", step, metrics)
-        method.train(True)
+def run_validation(method: Method, accelerator: Accelerator, out: Path, step: int, everyone: bool = False) -> None:
+    """Render and log validation on the main process; the others wait (up to ``dist_timeout_s``).
+
+    ``everyone``: sharded modules need every process in each forward, so all of them render the same
+    samples and the others write theirs into a scratch folder that is deleted.
+    """
+    if not (accelerator.is_main_process or everyone):
+        accelerator.wait_for_everyone()
+        return
+    method.train(False)
+    with torch.no_grad(), tempfile.TemporaryDirectory(prefix="w2svd-val-") as scratch:
+        folder = out / "validation" if accelerator.is_main_process else Path(scratch)
+        metrics = method.validate(step, folder)
+    if metrics and accelerator.is_main_process:
+        accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
+        log.info("step %d validation: %s", step, metrics)
+    method.train(True)
     accelerator.wait_for_everyone()
