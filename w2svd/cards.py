@@ -69,12 +69,14 @@ def lora_card(meta: dict[str, Any], base_repo: str, lora_repo: str, defaults: di
     """Card of a distilled LoRA with the exact stock-diffusers snippet that reproduces its sampler."""
     steps = str(meta["default_steps"])
     sigmas = meta["sigmas_by_steps"][steps]
+    pipeline = meta.get("pipeline", "HunyuanVideoPipeline")  # the base's diffusers pipeline class
+    family = {"WanPipeline": "wan"}.get(pipeline, "hunyuanvideo")
     lines = [
         "---",
         f"base_model: {base_repo}",
         "library_name: diffusers",
         "pipeline_tag: text-to-video",
-        "tags: [lora, diffusers, w2svd, few-step, hunyuanvideo]",
+        f"tags: [lora, diffusers, w2svd, few-step, {family}]",
         "---",
         "",
         f"# {steps}-step {meta.get('method', 'w2svd').upper()} LoRA for `{base_repo}`",
@@ -86,9 +88,9 @@ def lora_card(meta: dict[str, Any], base_repo: str, lora_repo: str, defaults: di
         "",
         "```python",
         "import torch",
-        "from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline",
+        f"from diffusers import FlowMatchEulerDiscreteScheduler, {pipeline}",
         "",
-        f'pipe = HunyuanVideoPipeline.from_pretrained("{base_repo}")',
+        f'pipe = {pipeline}.from_pretrained("{base_repo}")',
         f'pipe.load_lora_weights("{lora_repo}")',
         "pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(",
         "    pipe.scheduler.config, shift=1.0, stochastic_sampling=True",

@@ -2,8 +2,9 @@
 
 from w2svd.backbones.base import Backbone, Cond
 from w2svd.backbones.hunyuan import HunyuanVideoBackbone
+from w2svd.backbones.wan import WanBackbone
 
-BACKBONES: dict[str, type[Backbone]] = {"HunyuanVideoPipeline": HunyuanVideoBackbone}
+BACKBONES: dict[str, type[Backbone]] = {"HunyuanVideoPipeline": HunyuanVideoBackbone, "WanPipeline": WanBackbone}
 
 
 def backbone_for(pipe) -> Backbone:
@@ -14,4 +15,4 @@ def backbone_for(pipe) -> Backbone:
     return BACKBONES[name](pipe)
 
 
-__all__ = ["BACKBONES", "Backbone", "Cond", "HunyuanVideoBackbone", "backbone_for"]
+__all__ = ["BACKBONES", "Backbone", "Cond", "HunyuanVideoBackbone", "WanBackbone", "backbone_for"]

@@ -365,6 +365,7 @@ class DistillMethod(Method):
             "method": "w2svd" if (c.alpha_weak > 0 or c.lambda_gt > 0) else "dmd",
             "roles": c.roles,
             "base_model": self.base_name,
+            "pipeline": type(self.pipe).__name__,
             "sigmas_by_steps": {str(c.steps): [round(float(s), 6) for s in self.sigmas]},
             "default_steps": c.steps,
             "generator_shift": c.generator_shift,

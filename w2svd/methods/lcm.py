@@ -226,6 +226,7 @@ class LCMMethod(Method):
         return {
             "method": "lcm",
             "base_model": self.base_name,
+            "pipeline": type(self.pipe).__name__,
             "sigmas_by_steps": {str(n): [round(float(s), 6) for s in sig] for n, sig in self.sigmas_by_steps.items()},
             "default_steps": c.steps[0],
             "guidance_scale": 1.0,

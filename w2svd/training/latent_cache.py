@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 def _fingerprint(backbone: Backbone, extra: object) -> str:
     """Changes whenever the VAE, the text encoders or the data settings change."""
     h = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
-    for module in (backbone.vae, backbone.pipe.text_encoder, backbone.pipe.text_encoder_2):
+    encoders = (getattr(backbone.pipe, name, None) for name in ("text_encoder", "text_encoder_2"))
+    for module in (backbone.vae, *(m for m in encoders if m is not None)):
         for name, t in sorted(module.state_dict().items())[:6]:
             h.update(name.encode())
             h.update(t.detach().float().cpu().numpy().tobytes()[:4096])
@@ -33,7 +34,11 @@ def _fingerprint(backbone: Backbone, extra: object) -> str:
 def load_or_build(
     backbone: Backbone, data: PortraitDataset, num_clips: int, cache_dir: str | Path, chunk: int = 32
 ) -> dict[str, torch.Tensor]:
-    """Latents (fp16), right-padded text embeddings, masks, pooled vectors, and the empty prompt's."""
+    """Latents (fp16), right-padded text embeddings, masks, pooled vectors, and the empty prompt's.
+
+    A family whose conditioning has no mask or pooled vector (Wan: fixed-length zero-padded embeddings)
+    stores neither, and its embeddings are never cut to the batch's longest prompt.
+    """
     extra = [num_clips, data.split, data.seed, data.num_frames, data.size]
     path = Path(cache_dir) / f"latents-{_fingerprint(backbone, extra)}.safetensors"
     if path.is_file():
@@ -46,15 +51,11 @@ def load_or_build(
         conds.append(backbone.encode_prompts([it["prompt"] for it in items]).to("cpu"))
     cond = Cond.cat(conds)
     empty = backbone.encode_prompts([""]).to("cpu")
-    cache = {
-        "latents": torch.cat(latents),
-        "embeds": cond.embeds.half(),
-        "mask": cond.mask.to(torch.uint8),
-        "pooled": cond.pooled.half(),
-        "empty_embeds": empty.embeds.half(),
-        "empty_mask": empty.mask.to(torch.uint8),
-        "empty_pooled": empty.pooled.half(),
-    }
+    cache = {"latents": torch.cat(latents), "embeds": cond.embeds.half(), "empty_embeds": empty.embeds.half()}
+    if cond.mask is not None:
+        cache.update(mask=cond.mask.to(torch.uint8), empty_mask=empty.mask.to(torch.uint8))
+    if cond.pooled is not None:
+        cache.update(pooled=cond.pooled.half(), empty_pooled=empty.pooled.half())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file(cache, tmp)
@@ -108,20 +109,27 @@ def cache_batch(
 
     ``rows`` keeps one process's part of the batch, its text padded to the length of the whole batch's.
     """
-    lengths = cache["mask"][torch.from_numpy(idx)].long().sum(1)
-    if drop is not None and drop.any():
-        lengths[torch.from_numpy(drop)] = int(cache["empty_mask"][0].long().sum())
-    length = max(int(lengths.max()), 1)
+    masked, has_pooled = "mask" in cache, "pooled" in cache
+    length = cache["embeds"].shape[1]
+    if masked:  # cut the right padding beyond the longest prompt of the whole batch
+        lengths = cache["mask"][torch.from_numpy(idx)].long().sum(1)
+        if drop is not None and drop.any():
+            lengths[torch.from_numpy(drop)] = int(cache["empty_mask"][0].long().sum())
+        length = max(int(lengths.max()), 1)
     idx_t = torch.from_numpy(idx[rows])
     drop = None if drop is None else drop[rows]
-    embeds, mask = cache["embeds"][idx_t].float(), cache["mask"][idx_t].long()
-    pooled = cache["pooled"][idx_t].float()
+    embeds = cache["embeds"][idx_t].float()
+    mask = cache["mask"][idx_t].long() if masked else None
+    pooled = cache["pooled"][idx_t].float() if has_pooled else None
     if drop is not None and drop.any():
         d = torch.from_numpy(drop)
         n = cache["empty_embeds"].shape[1]
-        embeds[d], mask[d] = 0.0, 0
+        embeds[d] = 0.0
         embeds[d, :n] = cache["empty_embeds"][0].float()
-        mask[d, :n] = cache["empty_mask"][0].long()
-        pooled[d] = cache["empty_pooled"][0].float()
-    cond = Cond(embeds[:, :length], mask[:, :length], pooled).to(device)
+        if masked:
+            mask[d] = 0
+            mask[d, :n] = cache["empty_mask"][0].long()
+        if has_pooled:
+            pooled[d] = cache["empty_pooled"][0].float()
+    cond = Cond(embeds[:, :length], None if mask is None else mask[:, :length], pooled).to(device)
     return cache["latents"][idx_t].float().to(device), cond
