@@ -36,6 +36,7 @@ WORKER = textwrap.dedent(
         params = list(method.transformer.parameters())
         local = sum(p.to_local().numel() if sharding.is_sharded(p) else p.numel() for p in params)
         report = {"sharded": sum(sharding.is_sharded(p) for p in params), "params": len(params), "local_numel": local}
+        report["dtypes"] = sorted({str(p.dtype) for p in params})
         with open(os.path.join(cfg.output_dir, f"params-rank{os.environ['RANK']}.json"), "w") as f:
             json.dump(report, f)
         dumped.append(True)
@@ -137,19 +138,29 @@ def exported(run_dir, roles: str) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("mode,roles", [("none", "lora"), ("fsdp", "lora"), ("fsdp", "copies")])
-def test_two_processes_train_the_same_adapters_as_one(tmp_path, monkeypatch, mode, roles):
+@pytest.mark.parametrize(
+    "mode,roles,dtype",
+    [
+        ("none", "lora", "float32"),
+        ("fsdp", "lora", "float32"),
+        ("fsdp", "copies", "float32"),
+        ("fsdp", "lora", "bfloat16"),
+    ],
+)
+def test_two_processes_train_the_same_adapters_as_one(tmp_path, monkeypatch, mode, roles, dtype):
     """torchrun, 2 CPU processes (gloo), global batch 2: ranks agree exactly and match a 1-process run.
 
     ``fsdp``: the transformers (frozen weights and LoRAs, or the teacher and both trained copies) are sharded
     over the two processes (FSDP2); checkpoints, validation and the export still hold full tensors, and
-    a sharded run resumes from its checkpoint as a 1-process run does.
+    a sharded run resumes from its checkpoint as a 1-process run does. ``bfloat16``: the 13B layout, a bf16
+    frozen backbone and fp32 LoRAs sharded in the same units (matched to 2e-3: bf16 rounding differs
+    between batches of 1 and 2).
 
     optim.eps=1e-5: Adam's g / (sqrt(v) + eps) turns rounding differences in near-zero gradients (a batch of 1
     vs 2 through the same matmuls) into steps of order lr; at eps=1e-8 the worst difference after 3 steps
     is about 1.3e-5, here about 2e-8, while the LoRA B matrices (zero at the start) move by about 4e-3.
     """
-    overrides = {"max_steps": 3, "checkpoint_every": 3, "optim.eps": 1e-5, "method.roles": roles}
+    overrides = {"max_steps": 3, "checkpoint_every": 3, "optim.eps": 1e-5, "method.roles": roles, "method.dtype": dtype}
     if roles == "copies":  # DMD with full copies: the real score is the frozen teacher
         overrides["method.alpha_weak"] = 0.0
     built, build = [], loop.build_method
@@ -176,10 +187,12 @@ def test_two_processes_train_the_same_adapters_as_one(tmp_path, monkeypatch, mod
         assert all(r["sharded"] == r["params"] for r in reports), reports
         assert sum(r["local_numel"] for r in reports) == full
         assert all(r["local_numel"] < 0.6 * full for r in reports), (reports, full)
+        if dtype == "bfloat16" and roles == "lora":  # frozen weights stay bf16 beside fp32 LoRAs in the shards
+            assert all(r["dtypes"] == ["torch.bfloat16", "torch.float32"] for r in reports), reports
     else:
         assert all(r["sharded"] == 0 and r["local_numel"] == full for r in reports), reports
     worst = max(float((ranks[0][k].float() - want[k].float()).abs().max()) for k in want)
-    assert worst < 1e-5, worst
+    assert worst < (1e-5 if dtype == "float32" else 2e-3), worst
     moved = max(float((want[k].float() - initial[k].float()).abs().max()) for k in want if k != "generator_updates")
     assert moved > 1e-3, moved  # it did train
     # rank 0 alone wrote the run folder: one checkpoint equal to its state, one tensorboard file, one export
@@ -193,7 +206,9 @@ def test_two_processes_train_the_same_adapters_as_one(tmp_path, monkeypatch, mod
     assert sorted(p.name for p in (two / "validation").iterdir()) == sorted(
         p.name for p in (one / "validation").iterdir()
     )
-    if mode == "fsdp" and roles == "lora":  # resume: 2 more steps from the gathered checkpoint, sharded again
+    if (
+        mode == "fsdp" and roles == "lora" and dtype == "float32"
+    ):  # resume: 2 more steps from the gathered checkpoint, sharded again
         more = {**overrides, "max_steps": 5}
         loop.train(tiny_cfg(tmp_path / "one", **more), progress=False)
         want = {k: v.clone() for k, v in built[-1].trainable_state().items()}
