@@ -27,8 +27,6 @@ import torch
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-SHARDING = ("none", "fsdp")
-
 
 def wrap_units(module: torch.nn.Module, classes: Iterable[str] | None = None) -> list[torch.nn.Module]:
     """The submodules sharded as units: instances of ``classes`` (default: the model's ``_no_split_modules``)."""
