@@ -1,0 +1,67 @@
+"""tools/ship_vae.py: only a decoder fine-tune that improves held-out PSNR replaces the base's VAE."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from conftest import TINY_VAE
+from diffusers import AutoencoderKLHunyuanVideo
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import ship_vae  # noqa: E402
+
+
+def make_base(tmp_path):
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    AutoencoderKLHunyuanVideo(**TINY_VAE).to(torch.float16).save_pretrained(base / "vae")
+    (base / "generation_defaults.json").write_text(json.dumps({"num_frames": 5, "height": 32}))
+    (base / "README.md").write_text('# card\n\n```json\n{\n "vae": {"psnr_heldout_db": 1.0}\n}\n```\n')
+    return base
+
+
+def finetuned(base, tmp_path, part: str, scale: float = 0.0):
+    vae = AutoencoderKLHunyuanVideo.from_pretrained(base / "vae", torch_dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            if name.startswith(part):
+                p.mul_(scale)
+    run = tmp_path / f"run_{part.strip('.')}_{scale}"
+    vae.save_pretrained(run / "vae")
+    return run
+
+
+def decoder_bytes(base):
+    return (base / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+
+
+def test_refuses_an_encoder_change_and_leaves_the_base_alone(tmp_path, capsys):
+    base = make_base(tmp_path)
+    before = decoder_bytes(base)
+    assert ship_vae.main([str(finetuned(base, tmp_path, "encoder.", 0.5)), "--base", str(base), "--clips", "2"]) == 2
+    assert "latent space changed" in capsys.readouterr().err
+    assert decoder_bytes(base) == before
+
+
+def test_refuses_a_vae_that_is_not_better(tmp_path, capsys):
+    base = make_base(tmp_path)
+    before = decoder_bytes(base)
+    same = finetuned(base, tmp_path, "decoder.", 1.0)  # identical weights: equal PSNR, so not better
+    assert ship_vae.main([str(same), "--base", str(base), "--clips", "2"]) == 1
+    assert "not better" in capsys.readouterr().err
+    assert decoder_bytes(base) == before
+
+
+def test_ships_a_decoder_change_and_records_it(tmp_path):
+    base = make_base(tmp_path)
+    run = finetuned(base, tmp_path, "decoder.conv_out", 0.0)
+    assert ship_vae.main([str(run), "--base", str(base), "--clips", "2", "--force"]) == 0
+    shipped = AutoencoderKLHunyuanVideo.from_pretrained(base / "vae", torch_dtype=torch.float32)
+    stored = load_file(base / "vae" / "diffusion_pytorch_model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.float16}
+    assert not torch.any(shipped.decoder.conv_out.conv.weight)
+    assert sorted(p.name for p in base.iterdir()) == ["README.md", "generation_defaults.json", "vae"]
+    report = json.loads((base / "README.md").read_text().split("```json\n")[1].split("\n```")[0])
+    assert report["vae"]["psnr_heldout_db"] == report["vae"]["decoder_finetune"]["psnr_heldout_db_fp16_after"]
