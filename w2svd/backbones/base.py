@@ -72,13 +72,26 @@ class Backbone:
         """Scaled latents -> (B, 3, F, H, W) in [-1, 1]."""
         raise NotImplementedError
 
-    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+    @property
+    def latent_channels(self) -> int:
+        """C, the channels of the latents the transformer denoises."""
         raise NotImplementedError
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(C, F', H', W') of the latents of a (num_frames, height, width) video, from the pipeline's VAE factors."""
+        p = self.pipe
+        return (
+            self.latent_channels,
+            (num_frames - 1) // p.vae_scale_factor_temporal + 1,
+            height // p.vae_scale_factor_spatial,
+            width // p.vae_scale_factor_spatial,
+        )
 
     def feature_module(self, transformer: torch.nn.Module) -> torch.nn.Module:
         """The block of ``transformer`` whose output tokens (B, N, D) feed the optional discriminator head."""
         raise NotImplementedError
 
     def feature_dim(self) -> int:
-        """D, the width of ``feature_module``'s output tokens."""
-        raise NotImplementedError
+        """D, the width of ``feature_module``'s output tokens (the attention width of both DiT families)."""
+        c = self.transformer.config
+        return c.num_attention_heads * c.attention_head_dim

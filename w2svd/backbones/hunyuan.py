@@ -53,18 +53,9 @@ class HunyuanVideoBackbone(Backbone):
         vae = self.vae
         return vae.decode((latents / vae.config.scaling_factor).to(vae.device, vae.dtype)).sample.float()
 
-    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        p = self.pipe
-        return (
-            self.transformer.config.in_channels,
-            (num_frames - 1) // p.vae_scale_factor_temporal + 1,
-            height // p.vae_scale_factor_spatial,
-            width // p.vae_scale_factor_spatial,
-        )
+    @property
+    def latent_channels(self) -> int:
+        return self.transformer.config.in_channels
 
     def feature_module(self, transformer: torch.nn.Module) -> torch.nn.Module:
         return transformer.transformer_blocks[-1]  # the last double-stream block: (video tokens, text tokens)
-
-    def feature_dim(self) -> int:
-        c = self.transformer.config
-        return c.num_attention_heads * c.attention_head_dim

@@ -62,18 +62,9 @@ class WanBackbone(Backbone):
         mean, std = self._latent_stats(latents)
         return vae.decode((latents.float() * std + mean).to(vae.device, vae.dtype)).sample.float()
 
-    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        p = self.pipe
-        return (
-            self.vae.config.z_dim,
-            (num_frames - 1) // p.vae_scale_factor_temporal + 1,
-            height // p.vae_scale_factor_spatial,
-            width // p.vae_scale_factor_spatial,
-        )
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.z_dim
 
     def feature_module(self, transformer: torch.nn.Module) -> torch.nn.Module:
         return transformer.blocks[-1]  # the last block's video tokens (B, N, D)
-
-    def feature_dim(self) -> int:
-        c = self.transformer.config
-        return c.num_attention_heads * c.attention_head_dim
