@@ -51,7 +51,9 @@ def as_fp16(vae):
 def main(argv: list[str] | None = None) -> int:
     import torch
     from diffusers import AutoencoderKLHunyuanVideo
+    from diffusers.utils import logging as diffusers_logging
 
+    diffusers_logging.set_verbosity_error()  # .to(float16) warns about modules to keep in fp32; this VAE has none
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--base", type=Path, default=ROOT / "assets" / "embedded" / "base")
