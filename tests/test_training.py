@@ -204,3 +204,26 @@ def test_decoder_only_finetune_keeps_the_latent_space(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa if k.startswith(("encoder.", "quant_conv.")))
     assert any(not torch.equal(sa[k], sb[k]) for k in sa if k.startswith("decoder."))
     assert a.config.scaling_factor == b.config.scaling_factor
+
+
+def test_latent_cache_key_follows_the_encoder_side_not_the_decoder(tiny_pipeline_dir):
+    from diffusers import HunyuanVideoPipeline
+
+    from w2svd.backbones import backbone_for
+    from w2svd.training.latent_cache import _fingerprint
+
+    backbone = backbone_for(HunyuanVideoPipeline.from_pretrained(tiny_pipeline_dir))
+    vae, key = backbone.vae, _fingerprint(backbone, [1])
+    assert _fingerprint(backbone, [2]) != key  # data settings
+    with torch.no_grad():
+        vae.decoder.conv_out.conv.weight.add_(1.0)  # a decoder fine-tune keeps the latents and the cache
+        vae.post_quant_conv.weight.add_(1.0)
+        assert _fingerprint(backbone, [1]) == key
+        last = list(vae.encoder.parameters())[-1]  # the encoder's last tensor, past any first-N cut-off
+        saved = last.clone()
+        last.add_(1.0)
+        assert _fingerprint(backbone, [1]) != key
+        last.copy_(saved)
+    assert _fingerprint(backbone, [1]) == key
+    vae.register_to_config(scaling_factor=vae.config.scaling_factor * 2)
+    assert _fingerprint(backbone, [1]) != key

@@ -19,14 +19,26 @@ from w2svd.data import PortraitDataset
 log = logging.getLogger(__name__)
 
 
+DECODER_SIDE = ("decoder.", "post_quant_conv.")  # VAE weights that latents do not depend on
+
+
+def _digest(h, module: torch.nn.Module, keep=lambda name: True, limit: int | None = None) -> None:
+    items = [(n, t) for n, t in sorted(module.state_dict().items()) if keep(n)][:limit]
+    for name, t in items:
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().numpy().tobytes()[:4096])
+
+
 def _fingerprint(backbone: Backbone, extra: object) -> str:
-    """Changes whenever the VAE, the text encoders or the data settings change."""
-    h = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
-    encoders = (getattr(backbone.pipe, name, None) for name in ("text_encoder", "text_encoder_2"))
-    for module in (backbone.vae, *(m for m in encoders if m is not None)):
-        for name, t in sorted(module.state_dict().items())[:6]:
-            h.update(name.encode())
-            h.update(t.detach().float().cpu().numpy().tobytes()[:4096])
+    """Changes whenever what the cache holds could: the VAE's encoder side and config, the text encoders (their
+    first tensors: a 13B text encoder is not hashed whole) or the data settings. A decoder-only VAE fine-tune
+    keeps the latents, and so the cache."""
+    vae = backbone.vae
+    h = hashlib.sha256(json.dumps([extra, dict(vae.config)], sort_keys=True, default=str).encode())
+    _digest(h, vae, keep=lambda name: not name.startswith(DECODER_SIDE))
+    for name in ("text_encoder", "text_encoder_2"):
+        if getattr(backbone.pipe, name, None) is not None:
+            _digest(h, getattr(backbone.pipe, name), limit=6)
     return h.hexdigest()[:16]
 
 
