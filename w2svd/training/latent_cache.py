@@ -34,7 +34,8 @@ def _fingerprint(backbone: Backbone, extra: object) -> str:
     first tensors: a 13B text encoder is not hashed whole) or the data settings. A decoder-only VAE fine-tune
     keeps the latents, and so the cache."""
     vae = backbone.vae
-    h = hashlib.sha256(json.dumps([extra, dict(vae.config)], sort_keys=True, default=str).encode())
+    config = {k: v for k, v in vae.config.items() if not k.startswith("_")}  # not where it was loaded from
+    h = hashlib.sha256(json.dumps([extra, config], sort_keys=True, default=str).encode())
     _digest(h, vae, keep=lambda name: not name.startswith(DECODER_SIDE))
     for name in ("text_encoder", "text_encoder_2"):
         if getattr(backbone.pipe, name, None) is not None:
