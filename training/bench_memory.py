@@ -29,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a clone without installing
 CONFIGS = ROOT / "training" / "configs"
-CASES = ("full-finetune", "w2svd-lora", "dmd-lora", "dmd-copies", "lcm-lora")
+CASES = ("full-finetune", "w2svd-lora", "w2svd-lora-gt", "dmd-lora", "dmd-copies", "lcm-lora")
 MiB = 2**20
 
 
@@ -60,7 +60,8 @@ def case_config(case: str, size: str, cache_dir: str, overrides: dict | None = N
     lora = {"rank": method["generator_rank"], "lora_alpha": method["generator_lora_alpha"]}
     methods = {
         "full-finetune": {"name": "flow_matching", **random_base, **common, "shift": method.get("noise_shift", 3.0)},
-        "w2svd-lora": dmd,
+        "w2svd-lora": dmd,  # the shipped config (lambda_gt 0 on the embedded model)
+        "w2svd-lora-gt": {**dmd, "lambda_gt": 0.5},  # with the ground-truth term: a second graph in the fake phase
         "dmd-lora": {**dmd, "alpha_weak": 0.0, "lambda_gt": 0.0},
         "dmd-copies": {**dmd, "roles": "copies", "alpha_weak": 0.0, "lambda_gt": 0.0},
         "lcm-lora": {"name": "lcm", "random_base": random_base, **common, **lora, "ema_decay": 0.95},
@@ -249,6 +250,7 @@ def print_analytic(rank: int, act_coeff: float, tokens: int) -> None:
     rows = [
         ("full fine-tune (1 model)", 0, P, P, 1),
         (f"W2SVD (LoRA roles, r={rank}, lambda_gt>0)", P, 2 * L, L, 2),
+        (f"W2SVD (LoRA roles, r={rank}, lambda_gt=0)", P, 2 * L, L, 1),
         (f"DMD with LoRA fake score (r={rank})", P, 2 * L, L, 1),
         ("DMD with full copies (DMD2/FastVideo)", P, 2 * P, P, 1),
         (f"LCM-LoRA (r={rank}, EMA target LoRA)", P + L, L, L, 1),
