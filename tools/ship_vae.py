@@ -19,8 +19,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ENCODER_SIDE = ("encoder.", "quant_conv.")
-
 
 def heldout_psnr(vae, clips: int, num_frames: int, size: int) -> float:
     import numpy as np
@@ -53,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     from diffusers import AutoencoderKLHunyuanVideo
     from diffusers.utils import logging as diffusers_logging
 
+    from w2svd.training.latent_cache import DECODER_SIDE
+
     diffusers_logging.set_verbosity_error()  # .to(float16) warns about modules to keep in fp32; this VAE has none
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path)
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     old_sd, new_sd = old.state_dict(), new.state_dict()
-    changed = [k for k in old_sd if k.startswith(ENCODER_SIDE) and not torch.equal(old_sd[k], new_sd[k])]
+    changed = [k for k in old_sd if not k.startswith(DECODER_SIDE) and not torch.equal(old_sd[k], new_sd[k])]
     if changed:
         print(
             f"error: {len(changed)} encoder tensors differ (e.g. {changed[0]}): the latent space changed, so the "
