@@ -100,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         new.to(torch.float16).save_pretrained(staged)
         backup = Path(tmp) / "old"
         old_dir.rename(backup)
-        staged.rename(old_dir)
+        try:
+            staged.rename(old_dir)
+        except OSError:  # put the old VAE back before the temporary folder (and it) is removed
+            backup.rename(old_dir)
+            raise
     card = args.base / "README.md"
     if card.is_file():
         text = card.read_text()
