@@ -1,4 +1,4 @@
-"""tools/ship_vae.py: only a decoder fine-tune that improves held-out PSNR replaces the base's VAE."""
+"""tools/ship_vae.py: only a decoder fine-tune that is no worse on any held-out figure replaces the base's VAE."""
 
 import json
 import sys
@@ -18,7 +18,8 @@ def make_base(tmp_path):
     base = tmp_path / "base"
     AutoencoderKLHunyuanVideo(**TINY_VAE).to(torch.float16).save_pretrained(base / "vae")
     (base / "generation_defaults.json").write_text(json.dumps({"num_frames": 5, "height": 32}))
-    (base / "README.md").write_text('# card\n\n```json\n{\n "vae": {"psnr_heldout_db": 1.0}\n}\n```\n')
+    card = {"vae": {"psnr_heldout_db": 1.0, "decoder_finetune": {"config": "an earlier fine-tune"}}}
+    (base / "README.md").write_text(f"# card\n\n```json\n{json.dumps(card)}\n```\n")
     return base
 
 
@@ -64,4 +65,19 @@ def test_ships_a_decoder_change_and_records_it(tmp_path):
     assert not torch.any(shipped.decoder.conv_out.conv.weight)
     assert sorted(p.name for p in base.iterdir()) == ["README.md", "generation_defaults.json", "vae"]
     report = json.loads((base / "README.md").read_text().split("```json\n")[1].split("\n```")[0])
-    assert report["vae"]["psnr_heldout_db"] == report["vae"]["decoder_finetune"]["psnr_heldout_db_fp16_after"]
+    history = report["vae"]["decoder_finetunes"]  # the older single entry is kept, first
+    assert [h.get("config") for h in history] == ["an earlier fine-tune", None] and "decoder_finetune" not in report
+    latest = history[-1]
+    assert latest["run"] == str(run)
+    assert report["vae"]["psnr_heldout_db"] == latest["psnr_heldout_db_fp16_after"]
+    assert report["vae"]["psnr_moving_heldout_db"] == latest["psnr_moving_heldout_db_fp16_after"]
+    assert "roundtrip_motion" not in report["vae"]  # 5x32x32 clips: the clip encoder cannot judge them
+
+
+def test_refuses_a_vae_that_is_worse_and_names_the_figure(tmp_path, capsys):
+    base = make_base(tmp_path)
+    before = decoder_bytes(base)
+    broken = finetuned(base, tmp_path, "decoder.conv_out", 50.0)  # output amplified 50x: far worse PSNR
+    assert ship_vae.main([str(broken), "--base", str(base), "--clips", "2"]) == 1
+    assert "not better (worse on psnr_heldout_db" in capsys.readouterr().err
+    assert decoder_bytes(base) == before

@@ -65,6 +65,48 @@ def test_vae_run_exports_and_resume_matches_uninterrupted(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_motion_map_marks_only_pixels_that_change():
+    from w2svd.methods.vae import motion_map, moving_psnr, psnr
+
+    x = torch.zeros(1, 3, 4, 8, 8)
+    x[:, :, 2, 4, 4] = 1.0  # one pixel lights up in frame 2 only
+    m = motion_map(x)
+    assert m.shape == (1, 1, 4, 8, 8)
+    assert m[0, 0, 0].max() == 0  # frame 0 neither changes nor borders the change
+    for f in (1, 2, 3):  # frames 1->2 and 2->3 differ, widened by one pixel
+        assert m[0, 0, f, 3:6, 3:6].min() == 1.0 and m[0, 0, f].sum() == 9.0
+    rec = x.clone()
+    rec[:, :, :, 0, 0] = 0.5  # an error on a static pixel does not count
+    assert moving_psnr(rec, x) > 100
+    miss = torch.zeros_like(x)  # missing the moving pixel counts far more than over the whole clip
+    assert moving_psnr(miss, x) < psnr(miss, x) - 5  # 20.3 vs 30.1 dB here
+
+
+def test_motion_weights_raise_the_vae_loss_on_moving_clips_only(tmp_path):
+    method = {"name": "vae", "model": TINY_VAE, "crop": 16, "val_clips": 2, "scale_clips": 4}
+    plain = build_method(vae_cfg(tmp_path / "a", method=method), torch.device("cpu"))
+    weights = {"motion_weight": 4.0, "temporal_weight": 1.0}
+    weighted = build_method(vae_cfg(tmp_path / "b", method={**method, **weights}), torch.device("cpu"))
+    weighted.vae.load_state_dict(plain.vae.state_dict())
+    batch = plain.batch(0)
+    with torch.no_grad():
+        base, _ = plain.loss("vae", batch)
+        more, logs = weighted.loss("vae", batch)
+        assert more > base and "vae/temporal_l1" in logs
+        still = {**batch, "video": batch["video"][:, :, :1].expand_as(batch["video"]).contiguous()}
+        base_still, _ = plain.loss("vae", still)
+        more_still, logs = weighted.loss("vae", still)
+    # A frozen clip has no motion, so only the temporal term (reconstruction flicker) can add anything.
+    assert abs(float(more_still - base_still) - logs["vae/temporal_l1"]) < 1e-5
+
+
+def test_vae_config_rejects_negative_weights(tmp_path):
+    from w2svd.config import ConfigError
+
+    with pytest.raises(ConfigError, match="method.motion_weight=-1.0 must be >= 0"):
+        build_method(vae_cfg(tmp_path, method={"name": "vae", "model": TINY_VAE, "motion_weight": -1.0}), "cpu")
+
+
 def test_checkpoints_are_pruned_and_corrupt_ones_skipped(tmp_path):
     out = train(vae_cfg(tmp_path / "r", checkpoints_total_limit=2, checkpoint_every=1), progress=False)
     ckpts = list_checkpoints(out / "checkpoints")

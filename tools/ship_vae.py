@@ -1,10 +1,12 @@
 """Ship a decoder-only VAE fine-tune into the embedded base: python tools/ship_vae.py RUN_DIR [--base FOLDER].
 
-RUN_DIR is the output of `training/configs/embedded_vae_decoder.yaml` (it holds `vae/`). The tool checks that
-the encoder side (encoder + quant_conv) and the config are unchanged, so the latent space that the base's
-transformer and every LoRA were trained on stays valid; measures held-out PSNR of the old and the new VAE,
-both stored as fp16; refuses a VAE that is not better (unless --force); then replaces `BASE/vae` atomically
-and records the figures in the base's model card.
+RUN_DIR is the output of a decoder-only VAE run (`training/configs/embedded_vae_decoder.yaml`,
+`embedded_vae_motion.yaml`; it holds `vae/`). The tool checks that the encoder side (encoder + quant_conv) and
+the config are unchanged, so the latent space that the base's transformer and every LoRA were trained on stays
+valid; measures the old and the new VAE as stored (fp16) on held-out clips: PSNR, PSNR over moving pixels, and
+(at the clip encoder's 9x64x64) how often the clip encoder still reads the right motion after a round trip;
+refuses a VAE that is worse on any of them (unless --force); then replaces `BASE/vae` atomically and appends
+the figures to the base's model card.
 """
 
 from __future__ import annotations
@@ -20,21 +22,50 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def heldout_psnr(vae, clips: int, num_frames: int, size: int) -> float:
+def heldout_psnr(vae, clips: int, num_frames: int, size: int) -> tuple[float, float]:
+    """Mean held-out PSNR over whole clips and over moving pixels (dB)."""
     import numpy as np
     import torch
 
     from w2svd.data import PortraitDataset
-    from w2svd.methods.vae import psnr
+    from w2svd.methods.vae import moving_psnr, psnr
 
     data = PortraitDataset("heldout", num_frames=num_frames, size=size)
-    scores = []
+    whole, moving = [], []
     with torch.no_grad():
         for i in range(clips):
             v = data[i]["video"][None]
             rec = vae.decode(vae.encode(v).latent_dist.mode()).sample
-            scores.append(psnr(rec, v))
-    return float(np.mean(scores))
+            whole.append(psnr(rec, v))
+            moving.append(moving_psnr(rec, v))
+    return float(np.mean(whole)), float(np.nanmean(moving))
+
+
+def roundtrip_motion(vae, clips: int) -> float:
+    """Share of held-out clips whose motion kind the clip encoder still reads after a VAE round trip."""
+    import numpy as np
+    import torch
+
+    from w2svd.data import (
+        ATTRIBUTE_NAMES,
+        heldout_examples,
+        labels_of,
+        render_examples,
+        tensor_to_video,
+        video_to_tensor,
+    )
+    from w2svd.eval import embed, load_feature_nets
+
+    examples = heldout_examples(clips)
+    real = render_examples(examples)
+    out = []
+    with torch.no_grad():
+        for i in range(0, clips, 32):
+            v = torch.stack([video_to_tensor(c) for c in real[i : i + 32]])
+            out += [tensor_to_video(r) for r in vae.decode(vae.encode(v).latent_dist.mode()).sample]
+    m = ATTRIBUTE_NAMES.index("motion")
+    pred = embed(np.stack(out), load_feature_nets()).clip_predictions[:, m]
+    return float((pred == labels_of(examples)[:, m]).mean())
 
 
 def as_fp16(vae):
@@ -58,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--base", type=Path, default=ROOT / "assets" / "embedded" / "base")
     ap.add_argument("--clips", type=int, default=32, help="held-out clips for PSNR (default 32, as in training)")
-    ap.add_argument("--force", action="store_true", help="ship even if held-out PSNR does not improve")
+    ap.add_argument(
+        "--motion-clips",
+        type=int,
+        default=256,
+        help="held-out clips for round-trip motion (default 256; 0 skips; needs 9x64x64 clips)",
+    )
+    ap.add_argument("--force", action="store_true", help="ship even if a held-out figure gets worse")
     args = ap.parse_args(argv)
     new_dir, old_dir = args.run_dir / "vae", args.base / "vae"
     for d in (new_dir, old_dir):
@@ -89,11 +126,23 @@ def main(argv: list[str] | None = None) -> int:
     defaults_file = args.base / "generation_defaults.json"
     defaults = json.loads(defaults_file.read_text()) if defaults_file.is_file() else {}
     shape = {"num_frames": defaults.get("num_frames", 9), "size": defaults.get("height", 64)}
-    before = heldout_psnr(as_fp16(old), args.clips, **shape)
-    after = heldout_psnr(as_fp16(new), args.clips, **shape)
-    print(f"held-out PSNR over {args.clips} clips (fp16 weights): {before:.2f} dB -> {after:.2f} dB")
-    if after <= before and not args.force:
-        print("error: not better; nothing shipped (pass --force to ship anyway)", file=sys.stderr)
+    old16, new16 = as_fp16(old), as_fp16(new)
+    figures = {"psnr_heldout_db": [], "psnr_moving_heldout_db": [], "roundtrip_motion": []}
+    for vae in (old16, new16):
+        whole, moving = heldout_psnr(vae, args.clips, **shape)
+        figures["psnr_heldout_db"].append(whole)
+        figures["psnr_moving_heldout_db"].append(moving)
+    if args.motion_clips and shape == {"num_frames": 9, "size": 64}:
+        figures["roundtrip_motion"] = [roundtrip_motion(v, args.motion_clips) for v in (old16, new16)]
+    else:
+        del figures["roundtrip_motion"]
+    print(f"held-out figures, fp16 weights (PSNR over {args.clips} clips, motion over {args.motion_clips}):")
+    for name, (b, a) in figures.items():
+        print(f"  {name}: {b:.4g} -> {a:.4g}")
+    worse = [name for name, (b, a) in figures.items() if a < b]
+    if (worse or all(a == b for b, a in figures.values())) and not args.force:
+        why = f"worse on {', '.join(worse)}" if worse else "no figure changed"
+        print(f"error: not better ({why}); nothing shipped (pass --force to ship anyway)", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(dir=args.base) as tmp:  # write beside, then swap: no half-written folder
         staged = Path(tmp) / "vae"
@@ -112,12 +161,20 @@ def main(argv: list[str] | None = None) -> int:
         if m:
             report = json.loads(m.group(1))
             vae = report.setdefault("vae", {})
-            vae["psnr_heldout_db"] = after
-            vae["decoder_finetune"] = {
-                "config": "training/configs/embedded_vae_decoder.yaml (encoder and latent space kept)",
-                "psnr_heldout_db_fp16_before": before,
-                "psnr_heldout_db_fp16_after": after,
-            }
+            history = vae.pop("decoder_finetunes", [])
+            if "decoder_finetune" in vae:  # the single entry older cards have
+                history.append(vae.pop("decoder_finetune"))
+            entry = {"run": str(args.run_dir), "encoder and latent space": "kept"}
+            run_cfg = args.run_dir / "config.yaml"
+            if run_cfg.is_file():
+                import yaml
+
+                method = yaml.safe_load(run_cfg.read_text()).get("method", {})
+                entry.update({k: method[k] for k in ("motion_weight", "temporal_weight") if k in method})
+            for name, (b, a) in figures.items():
+                vae[name] = a
+                entry[f"{name}_fp16_before"], entry[f"{name}_fp16_after"] = b, a
+            vae["decoder_finetunes"] = history + [entry]
             text = text[: m.start(1)] + json.dumps(report, indent=1) + text[m.end(1) :]
             card.write_text(text)
     size = sum(f.stat().st_size for f in old_dir.iterdir()) / 1e6

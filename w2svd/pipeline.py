@@ -50,6 +50,7 @@ class GenerationResult:
     total_seconds: float
     nfe: int
     sigmas: list[float]
+    latents: torch.Tensor | None = None  # (N, C, T, h, w) final latents as the transformer sees them (scaled), CPU
 
 
 def load_base(name_or_path: str = "embedded", device: str | None = None, dtype: torch.dtype | None = None):
@@ -250,4 +251,5 @@ class VideoGenerator:
             total_seconds=time.perf_counter() - start,
             nfe=len(sigmas) - 1,
             sigmas=[float(s) for s in sigmas],
+            latents=lat.detach().float().cpu(),
         )
