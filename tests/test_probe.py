@@ -31,7 +31,8 @@ def test_train_probe_rejects_mismatched_inputs():
 
 def test_probe_cli_runs_on_the_embedded_base(tmp_path, capsys):
     out = tmp_path / "probe.json"
-    args = ["--n", "8", "--n-train", "16", "--epochs", "1", "--steps", "2", "--json", str(out)]
+    md = tmp_path / "probe.md"
+    args = ["--n", "8", "--n-train", "16", "--epochs", "1", "--steps", "2", "--json", str(out), "--out-md", str(md)]
     assert probe.main(args) == 0
     rows = json.loads(out.read_text())
     assert [r["name"] for r in rows] == ["real clips", "base-2"]
@@ -39,6 +40,8 @@ def test_probe_cli_runs_on_the_embedded_base(tmp_path, capsys):
         assert np.array(r["latent_confusion"]).sum() == 8 and np.array(r["pixel_confusion"]).sum() == 8
         assert 0 <= r["motion_latent_probe"] <= 1
     assert "| base-2 |" in capsys.readouterr().out
+    text = md.read_text()
+    assert "python -m w2svd.eval.probe --n 8 --n-train 16" in text and "| base-2 |" in text and "base-2, pixels" in text
 
 
 def test_probe_cli_rejects_bad_counts():

@@ -100,6 +100,58 @@ def test_motion_weights_raise_the_vae_loss_on_moving_clips_only(tmp_path):
     assert abs(float(more_still - base_still) - logs["vae/temporal_l1"]) < 1e-5
 
 
+def denoiser_method(tmp_path, pipeline_dir, init, **kw):
+    method = {
+        "name": "vae",
+        "init": str(init),
+        "decoder_only": True,
+        "crop": 16,
+        "val_clips": 2,
+        "denoiser": str(pipeline_dir),
+        **kw,
+    }
+    return build_method(vae_cfg(tmp_path / "d", batch_size=4, method=method), torch.device("cpu"))
+
+
+def test_denoiser_decodes_the_teachers_prediction_for_a_share_of_the_batch(tmp_path, tiny_pipeline_dir):
+    m = denoiser_method(tmp_path, tiny_pipeline_dir, tiny_pipeline_dir / "vae", denoiser_share=0.5)
+    batch = m.batch(3)
+    assert all(y % 4 == 0 and x % 4 == 0 for y, x in batch["corners"])  # crops fall on the latent grid
+    z = m.denoised_latents(batch)
+    with torch.no_grad():
+        plain = m.vae.encode(batch["video"]).latent_dist.mode()
+    r = 4
+    crops = torch.stack(
+        [
+            zi[..., y // r : y // r + 4, x // r : x // r + 4]
+            for zi, (y, x) in zip(m.vae.encode(batch["full"]).latent_dist.mode(), batch["corners"])
+        ]
+    )
+    assert z.shape == plain.shape == (4, 4, 2, 4, 4)
+    assert torch.equal(z[2:], crops[2:])  # the rest: the encoder's own latents of the full frame, cropped
+    assert not torch.allclose(z[:2], crops[:2], atol=1e-3)  # the leading half: the denoiser's prediction
+    assert torch.equal(z, m.denoised_latents(batch))  # the same step draws the same noise
+    loss, _ = m.loss("vae", batch)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert m.vae.decoder.conv_out.conv.weight.grad is not None
+    assert all(p.grad is None for p in m.denoiser.transformer.parameters())
+
+
+def test_denoiser_must_share_the_vae_encoder(tmp_path, tiny_pipeline_dir):
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    from w2svd.config import ConfigError
+
+    torch.manual_seed(1)
+    other = tmp_path / "other_vae"
+    AutoencoderKLHunyuanVideo(**TINY_VAE).save_pretrained(other)
+    with pytest.raises(ConfigError, match="was trained on another latent space"):
+        denoiser_method(tmp_path, tiny_pipeline_dir, other)
+    with pytest.raises(ConfigError, match="method.denoiser needs method.decoder_only"):
+        denoiser_method(tmp_path, tiny_pipeline_dir, tiny_pipeline_dir / "vae", decoder_only=False)
+
+
 def test_vae_config_rejects_negative_weights(tmp_path):
     from w2svd.config import ConfigError
 

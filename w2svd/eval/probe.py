@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -163,17 +165,24 @@ def run_probe(
     return rows
 
 
-def format_rows(rows: list[ProbeRow]) -> str:
+def format_table(rows: list[ProbeRow]) -> str:
+    """Markdown table: motion adherence read from latents and from pixels, per row."""
     lines = ["| samples | motion read from latents (probe) | motion read from pixels (clip encoder) |", "|---|---|---|"]
     for r in rows:
         d = r.as_dict()
         lines.append(f"| {r.name} | {d['motion_latent_probe']:.1%} | {d['motion_pixels']:.1%} |")
+    return "\n".join(lines)
+
+
+def format_confusions(rows: list[ProbeRow]) -> str:
+    """Plain-text confusion matrices (row: prompted motion, column: the one read)."""
     head = " ".join(f"{k[:5]:>5}" for k in MOTION_KINDS)
+    lines = []
     for r in rows:
         for label, cm in (("latents", r.latent_confusion), ("pixels", r.pixel_confusion)):
             lines += ["", f"{r.name}, {label} (row: prompted, column: read)", f"{'':>9} {head}"]
             lines += [f"{k[:9]:>9} " + " ".join(f"{v:>5}" for v in row) for k, row in zip(MOTION_KINDS, cm)]
-    return "\n".join(lines)
+    return "\n".join(lines[1:])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--out-md", default=None, help="also write the tables to this Markdown file, with the command")
     args = ap.parse_args(argv)
     for name in ("n", "n_train", "epochs"):
         if getattr(args, name) < 1:
@@ -197,8 +207,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     rows = run_probe(VideoGenerator.from_pretrained(args.base), args.steps, args.n, args.n_train, args.epochs)
-    print(format_rows(rows))
-    print(f"\n{args.n} held-out pairs, probe trained on {args.n_train} clips; {time.perf_counter() - start:.0f} s")
+    table, matrices = format_table(rows), format_confusions(rows)
+    footer = f"{args.n} held-out pairs, probe trained on {args.n_train} clips; {time.perf_counter() - start:.0f} s"
+    print(f"{table}\n\n{matrices}\n\n{footer}")
+    if args.out_md:
+        command = " ".join(["python -m w2svd.eval.probe", *(sys.argv[1:] if argv is None else argv)])
+        intro = __doc__.split("\n\n")[1]  # the paragraph on what the probe separates
+        Path(args.out_md).write_text(
+            f"# Motion in latents vs in pixels\n\nReproduce with:\n\n```bash\n{command}\n```\n\n{intro}\n\n"
+            f"{table}\n\n```\n{matrices}\n```\n\n{footer}.\n"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r.as_dict() for r in rows], f, indent=1)

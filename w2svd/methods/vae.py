@@ -3,6 +3,10 @@
 Moving pixels are a small share of a talking-portrait clip, so a plain reconstruction loss lets the VAE blur the
 mouth and eyes while PSNR looks fine. ``motion_weight`` up-weights pixels that change between frames and
 ``temporal_weight`` adds an L1 loss on frame differences, so the motion a caption names survives the VAE.
+
+A decoder-only run can also learn to decode what a diffusion model produces rather than what the encoder does:
+with ``denoiser`` set, a share of each batch is noised in latent space, denoised in one step by that base's
+transformer (its clean-latent prediction, with the clip's caption), and decoded against the real clip.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ class VAEConfig:
     mse_weight: float = 1.0
     motion_weight: float = 0.0  # per-pixel weight 1 + motion_weight * |frame change| (0..2) on L1 and MSE
     temporal_weight: float = 0.0  # weight of L1 between reconstructed and true frame differences
+    denoiser: str = ""  # base ('embedded', a folder, a Hub id) whose clean-latent predictions are decoded too
+    denoiser_share: float = 0.5  # share of each batch decoded from the denoiser's prediction
+    denoiser_sigma: tuple[float, float] = (0.05, 0.5)  # noise levels drawn uniformly from this range
     val_clips: int = 32  # held-out full-size clips for PSNR
     scale_clips: int = 256  # training clips used to set scaling_factor = 1 / std(latents)
 
@@ -43,6 +50,14 @@ class VAEConfig:
         for key in ("motion_weight", "temporal_weight", "kl_weight", "mse_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"method.{key}={getattr(self, key)} must be >= 0")
+        if self.denoiser:
+            if not self.decoder_only:
+                raise ConfigError("method.denoiser needs method.decoder_only: true (the latent space must not move)")
+            lo, hi = self.denoiser_sigma
+            if not 0 <= lo <= hi <= 1:
+                raise ConfigError(f"method.denoiser_sigma={list(self.denoiser_sigma)} must be 0 <= low <= high <= 1")
+            if not 0 < self.denoiser_share <= 1:
+                raise ConfigError(f"method.denoiser_share={self.denoiser_share} must be in (0, 1]")
         if self.crop and self.crop % 8:
             raise ConfigError(f"method.crop={self.crop} must be a multiple of 8 (or 0 for full frames)")
 
@@ -85,29 +100,87 @@ class VAEMethod(Method):
             self.vae.requires_grad_(False)
             self.vae.decoder.requires_grad_(True)
             self.vae.post_quant_conv.requires_grad_(True)
+        self.denoiser = self._load_denoiser(cfg.denoiser) if cfg.denoiser else None
         self.data = PortraitDataset(
             "train", seed=train.data.seed, num_frames=train.data.num_frames, size=train.data.size
         )
         self.heldout = PortraitDataset("heldout", num_frames=train.data.num_frames, size=train.data.size)
+
+    def _load_denoiser(self, name: str):
+        """The base's backbone (transformer and text encoders, frozen); its VAE encoder must be ours."""
+        from w2svd.backbones import backbone_for
+        from w2svd.pipeline import load_base
+        from w2svd.training.latent_cache import DECODER_SIDE
+
+        pipe, _ = load_base(name, device=str(self.device), dtype=torch.float32)
+        ours, theirs = self.vae.state_dict(), pipe.vae.state_dict()
+        differ = [k for k in ours if not k.startswith(DECODER_SIDE) and not torch.equal(ours[k], theirs[k].float())]
+        if differ:
+            raise ConfigError(
+                f"method.denoiser={name!r} was trained on another latent space: {len(differ)} VAE encoder tensors "
+                f"differ from method.init's (e.g. {differ[0]}); use the base whose VAE method.init fine-tunes"
+            )
+        for module in pipe.components.values():
+            if isinstance(module, torch.nn.Module):
+                module.requires_grad_(False).eval()
+        pipe.vae = None  # only the transformer and the text encoders are needed
+        return backbone_for(pipe)
 
     def param_groups(self):
         return {"vae": ([p for p in self.vae.parameters() if p.requires_grad], self.train_cfg.optim.lr)}
 
     def batch(self, step: int) -> dict:
         size = self.train_cfg.batch_size  # draws are made for the global batch, then this process's rows kept
-        video = step_batch(self.data, self.train_cfg.seed, step, size, self.shard)["video"]
+        drawn = step_batch(self.data, self.train_cfg.seed, step, size, self.shard)
+        video, prompts = drawn["video"], drawn["prompt"]
         c = self.cfg.crop
+        batch = {"noise": self.step_noise(step)}
         if c and c < video.shape[-1]:
             rng = np.random.default_rng([self.train_cfg.seed, step, 0xC0])
-            corners = [rng.integers(0, video.shape[-1] - c + 1, size=2) for _ in range(size)][self.shard]
+            # With a denoiser the crop is cut from decoded full-frame latents, so it must fall on the latent grid.
+            grid = self.vae.spatial_compression_ratio if self.denoiser is not None else 1
+            corners = [grid * rng.integers(0, (video.shape[-1] - c) // grid + 1, size=2) for _ in range(size)]
+            corners = corners[self.shard]
+            if self.denoiser is not None:
+                batch.update(full=video.to(self.device), corners=corners, prompt=prompts)
             video = torch.stack([v[..., y : y + c, x : x + c] for v, (y, x) in zip(video, corners)])
-        return {"video": video.to(self.device), "noise": self.step_noise(step)}
+        elif self.denoiser is not None:
+            batch.update(full=video.to(self.device), corners=None, prompt=prompts)
+        batch["video"] = video.to(self.device)
+        return batch
+
+    @torch.no_grad()
+    def denoised_latents(self, batch: dict) -> torch.Tensor:
+        """Latents of the batch's crops for the decoder: the encoder's, and for a leading share of the rows the
+        denoiser's one-step clean prediction from noised full-frame latents (cropped to the same window)."""
+        full, corners = batch["full"], batch["corners"]
+        z = self.vae.encode(full).latent_dist.mode()
+        n = max(1, round(self.cfg.denoiser_share * len(z)))
+        noise = batch["noise"].stream("denoiser")
+        lo, hi = self.cfg.denoiser_sigma
+        sigma = lo + (hi - lo) * noise.rand(len(z), z.device)[:n]
+        sf = self.vae.config.scaling_factor
+        x0 = z[:n] * sf
+        eps = noise.randn_like(z)[:n]
+        s = sigma.view(-1, 1, 1, 1, 1)
+        xs = (1 - s) * x0 + s * eps
+        cond = self.denoiser.encode_prompts(batch["prompt"][:n])
+        v = self.denoiser.velocity(xs, sigma, cond)
+        z = torch.cat([(xs - s * v) / sf, z[n:]])
+        if corners is None:
+            return z
+        r = self.vae.spatial_compression_ratio
+        c = self.cfg.crop // r
+        return torch.stack([zi[..., y // r : y // r + c, x // r : x // r + c] for zi, (y, x) in zip(z, corners)])
 
     def loss(self, phase, batch):
         x = batch["video"]
         with torch.set_grad_enabled(not self.cfg.decoder_only):
             post = self.vae.encode(x).latent_dist
-        rec = self.vae.decode(post.sample(batch["noise"].stream(phase).generators)).sample
+        latents = post.sample(batch["noise"].stream(phase).generators)
+        if self.denoiser is not None:
+            latents = self.denoised_latents(batch)
+        rec = self.vae.decode(latents).sample
         err = rec - x
         w = 1.0 + self.cfg.motion_weight * motion_map(x) if self.cfg.motion_weight else 1.0
         l1 = (w * err.abs()).mean()
