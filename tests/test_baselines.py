@@ -186,3 +186,22 @@ def test_video_generator_samples_with_the_lcm_lora_and_the_copies_transformer(ti
     assert not torch.equal(gen.generator_transformer.x_embedder.proj.weight, base.x_embedder.proj.weight)  # trained
     gen.load_lora(str(lcm_run))  # and back: the LoRA again, the copies transformer dropped
     assert gen.generator_transformer is None and np.array_equal(gen.few_step([PROMPT], [3]).frames, lcm4.frames)
+
+
+def test_classifier_free_guidance_doubles_the_nfe_and_changes_the_video(tiny_pipeline_dir):
+    gen = VideoGenerator.from_pretrained(str(tiny_pipeline_dir), device="cpu")
+    plain = gen.baseline([PROMPT], [3], steps=2)
+    same = gen.baseline([PROMPT], [3], steps=2, cfg_scale=1.0)
+    guided = gen.baseline([PROMPT], [3], steps=2, cfg_scale=4.0)
+    assert np.array_equal(plain.frames, same.frames) and (plain.nfe, guided.nfe) == (2, 4)
+    assert not torch.allclose(plain.latents, guided.latents)
+    # v_u + 4 (v_c - v_u) from the two calls it is made of: check one Euler step by hand.
+    cond, uncond = gen.backbone.encode_prompts([PROMPT]), gen.backbone.encode_prompts([""])
+    noise = gen.initial_noise([3])
+    with torch.no_grad():
+        v_c, v_u = (gen.backbone.velocity(noise, 1.0, c) for c in (cond, uncond))
+    one = gen.generate([PROMPT], [3], sigmas=torch.tensor([1.0, 0.0]), cfg_scale=4.0)
+    assert torch.allclose(one.latents, noise - (v_u + 4.0 * (v_c - v_u)), atol=1e-5)
+    for bad in (0.5, 31.0, "3"):
+        with pytest.raises(ValueError, match="cfg_scale="):
+            gen.baseline([PROMPT], [3], steps=2, cfg_scale=bad)

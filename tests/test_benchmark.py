@@ -17,6 +17,7 @@ def test_benchmark_writes_a_well_formed_table(tmp_path, tiny64_pipeline_dir):
             Row("real", "real"),
             Row("base-3", "base", steps=3, run_dir=str(run)),
             Row("euler-1", "base", steps=1),
+            Row("euler-1 cfg 3", "base", steps=1, cfg_scale=3.0),
             untrained,
         ],
         base=str(tiny64_pipeline_dir),
@@ -30,7 +31,7 @@ def test_benchmark_writes_a_well_formed_table(tmp_path, tiny64_pipeline_dir):
     )
     report = run_benchmark(cfg)
     rows = {r["name"]: r for r in report["rows"]}
-    assert rows["base-3"]["nfe"] == 3 and rows["euler-1"]["nfe"] == 1
+    assert rows["base-3"]["nfe"] == 3 and rows["euler-1"]["nfe"] == 1 and rows["euler-1 cfg 3"]["nfe"] == 2
     assert rows["base-3"]["speedup_denoise"] == pytest.approx(1.0)
     assert rows["euler-1"]["speedup_denoise"] > 1.0  # one network call instead of three
     assert rows["real"]["fd_clip"] < rows["base-3"]["fd_clip"]  # a random model is far from real clips
@@ -50,3 +51,5 @@ def test_benchmark_config_errors_name_the_problem():
         from_dict(BenchmarkConfig, {"rows": [{"name": "a", "kind": "real"}], "reference": "base-28"})
     with pytest.raises(ConfigError, match="kind='teacher' must be"):
         from_dict(BenchmarkConfig, {"rows": [{"name": "a", "kind": "teacher"}]})
+    with pytest.raises(ConfigError, match=r"rows\[a\].cfg_scale=2.0 needs kind=base"):
+        from_dict(BenchmarkConfig, {"rows": [{"name": "a", "kind": "lora", "lora": "x", "cfg_scale": 2.0}]})

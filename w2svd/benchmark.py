@@ -27,6 +27,7 @@ class Row:
     name: str
     kind: str  # real | base (Euler on the base) | lora (a distilled LoRA) | transformer (a full distilled one)
     steps: int = 0  # 0: the model's default
+    cfg_scale: float = 1.0  # classifier-free guidance for kind=base (> 1 doubles the NFE)
     lora: str = ""  # LoRA folder/file/Hub id for kind=lora
     path: str = ""  # run folder or its transformer/ subfolder for kind=transformer (DMD with full copies)
     run_dir: str = ""  # training run folder, to report training steps and wall time
@@ -35,6 +36,8 @@ class Row:
     def validate(self) -> None:
         if self.kind not in ("real", "base", "lora", "transformer"):
             raise ConfigError(f"rows[{self.name}].kind={self.kind!r} must be 'real', 'base', 'lora' or 'transformer'")
+        if self.cfg_scale != 1.0 and (self.kind != "base" or not 1.0 <= self.cfg_scale <= 30.0):
+            raise ConfigError(f"rows[{self.name}].cfg_scale={self.cfg_scale} needs kind=base and a value in [1, 30]")
         if self.kind == "lora" and not self.lora:
             raise ConfigError(f"rows[{self.name}] has kind=lora but no `lora` path")
         if self.kind == "transformer" and not self.path:
@@ -96,7 +99,7 @@ class TimedGenerator:
         if self.row.kind in ("lora", "transformer"):
             res = self.gen.few_step(prompts, seeds, steps=steps)
         else:
-            res = self.gen.baseline(prompts, seeds, steps=steps)
+            res = self.gen.baseline(prompts, seeds, steps=steps, cfg_scale=self.row.cfg_scale)
         self.denoise += res.denoise_seconds
         self.total += res.total_seconds
         self.videos += len(prompts)

@@ -217,8 +217,14 @@ class VideoGenerator:
         renoise: bool = False,
         guidance: float | None = None,
         callback: Callable[[int, float, torch.Tensor], None] | None = None,
+        cfg_scale: float = 1.0,
     ) -> GenerationResult:
-        """Sample videos; ``sigmas`` overrides ``steps`` (default: the model's native step count)."""
+        """Sample videos; ``sigmas`` overrides ``steps`` (default: the model's native step count).
+
+        ``guidance`` is the embedded guidance value (read only by guidance-distilled models such as HunyuanVideo
+        13B). ``cfg_scale`` > 1 is classifier-free guidance against the empty prompt: two model calls per step,
+        so the reported NFE doubles.
+        """
         if len(prompts) != len(seeds):
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
         prompts = [self.check_prompt(p) for p in prompts]
@@ -226,13 +232,20 @@ class VideoGenerator:
         if sigmas is None:
             sigmas = get_sigmas(steps or self.defaults.num_inference_steps, self.defaults.flow_shift)
         guidance = self.defaults.guidance_scale if guidance is None else guidance
+        if not (isinstance(cfg_scale, (int, float)) and 1.0 <= cfg_scale <= 30.0):
+            raise ValueError(f"cfg_scale={cfg_scale!r} must be a number in [1, 30] (1 = no classifier-free guidance)")
         start = time.perf_counter()
         device = self.pipe._execution_device
         cond = self.backbone.encode_prompts(prompts)
+        uncond = self.backbone.encode_prompts([""] * len(prompts)) if cfg_scale != 1.0 else None
         noise = self.initial_noise(seeds).to(device)
 
         def model_fn(x, s):
-            return self.backbone.velocity(x, s, cond, guidance)
+            v = self.backbone.velocity(x, s, cond, guidance)
+            if uncond is None:
+                return v
+            v_uncond = self.backbone.velocity(x, s, uncond, guidance)
+            return v_uncond + cfg_scale * (v - v_uncond)
 
         t0 = time.perf_counter()
         if renoise:
@@ -249,7 +262,7 @@ class VideoGenerator:
             frames=frames,
             denoise_seconds=t1 - t0,
             total_seconds=time.perf_counter() - start,
-            nfe=len(sigmas) - 1,
+            nfe=(len(sigmas) - 1) * (2 if uncond is not None else 1),
             sigmas=[float(s) for s in sigmas],
             latents=lat.detach().float().cpu(),
         )
