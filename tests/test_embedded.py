@@ -60,3 +60,30 @@ def test_loads_offline_by_name(monkeypatch):
     res = gen.baseline([PROMPT], [5], steps=2)
     assert res.frames.shape == (1, 9, 64, 64, 3) and res.nfe == 2
     assert res.frames.std() > 10  # uint8: not a flat image
+
+
+def test_stock_true_cfg_with_an_empty_negative_prompt_matches_our_cfg_scale(stock_pipe):
+    """The model card's CFG note: stock `true_cfg_scale` + `negative_prompt=""` is w2svd's `cfg_scale`."""
+    from w2svd.pipeline import VideoGenerator
+
+    gen = VideoGenerator.from_pretrained("embedded", device="cpu")
+    d = gen.defaults
+    prompt = "a woman with long red hair and glasses talking against a teal background"
+    ours = gen.baseline([prompt], [5], steps=4, cfg_scale=3.0)
+    assert ours.nfe == 8
+    out = stock_pipe(
+        prompt=prompt,
+        negative_prompt="",
+        true_cfg_scale=3.0,
+        height=d.height,
+        width=d.width,
+        num_frames=d.num_frames,
+        num_inference_steps=4,
+        guidance_scale=d.guidance_scale,
+        generator=torch.Generator().manual_seed(5),
+        output_type="np",
+    ).frames[0]
+    stock = np.round(out * 255).astype(np.uint8)
+    assert np.abs(stock.astype(int) - ours.frames[0].astype(int)).max() <= 1
+    unguided = gen.baseline([prompt], [5], steps=4).frames[0]
+    assert np.abs(unguided.astype(int) - ours.frames[0].astype(int)).max() > 10  # guidance changed the video
