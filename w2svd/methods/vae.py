@@ -177,9 +177,10 @@ class VAEMethod(Method):
         x = batch["video"]
         with torch.set_grad_enabled(not self.cfg.decoder_only):
             post = self.vae.encode(x).latent_dist
-        latents = post.sample(batch["noise"].stream(phase).generators)
         if self.denoiser is not None:
             latents = self.denoised_latents(batch)
+        else:
+            latents = post.sample(batch["noise"].stream(phase).generators)
         rec = self.vae.decode(latents).sample
         err = rec - x
         w = 1.0 + self.cfg.motion_weight * motion_map(x) if self.cfg.motion_weight else 1.0
