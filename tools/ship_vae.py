@@ -43,29 +43,13 @@ def heldout_psnr(vae, clips: int, num_frames: int, size: int) -> tuple[float, fl
 
 def roundtrip_motion(vae, clips: int) -> float:
     """Share of held-out clips whose motion kind the clip encoder still reads after a VAE round trip."""
-    import numpy as np
-    import torch
-
-    from w2svd.data import (
-        ATTRIBUTE_NAMES,
-        heldout_examples,
-        labels_of,
-        render_examples,
-        tensor_to_video,
-        video_to_tensor,
-    )
-    from w2svd.eval import embed, load_feature_nets
+    from w2svd.data import heldout_examples, labels_of, render_examples
+    from w2svd.eval import load_feature_nets
+    from w2svd.eval.probe import MOTION, read_motion, vae_roundtrip
 
     examples = heldout_examples(clips)
-    real = render_examples(examples)
-    out = []
-    with torch.no_grad():
-        for i in range(0, clips, 32):
-            v = torch.stack([video_to_tensor(c) for c in real[i : i + 32]])
-            out += [tensor_to_video(r) for r in vae.decode(vae.encode(v).latent_dist.mode()).sample]
-    m = ATTRIBUTE_NAMES.index("motion")
-    pred = embed(np.stack(out), load_feature_nets()).clip_predictions[:, m]
-    return float((pred == labels_of(examples)[:, m]).mean())
+    pred = read_motion(vae_roundtrip(vae, render_examples(examples)), load_feature_nets())
+    return float((pred == labels_of(examples)[:, MOTION]).mean())
 
 
 def as_fp16(vae):

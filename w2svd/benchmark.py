@@ -19,7 +19,7 @@ from w2svd.config import ConfigError
 from w2svd.data import heldout_examples
 from w2svd.eval import metrics
 from w2svd.eval.features import load_feature_nets
-from w2svd.pipeline import GENERATOR_META, VideoGenerator
+from w2svd.pipeline import GENERATOR_META, MAX_CFG_SCALE, VideoGenerator
 
 
 @dataclasses.dataclass
@@ -36,8 +36,10 @@ class Row:
     def validate(self) -> None:
         if self.kind not in ("real", "base", "lora", "transformer"):
             raise ConfigError(f"rows[{self.name}].kind={self.kind!r} must be 'real', 'base', 'lora' or 'transformer'")
-        if self.cfg_scale != 1.0 and (self.kind != "base" or not 1.0 <= self.cfg_scale <= 30.0):
-            raise ConfigError(f"rows[{self.name}].cfg_scale={self.cfg_scale} needs kind=base and a value in [1, 30]")
+        if self.cfg_scale != 1.0 and (self.kind != "base" or not 1.0 <= self.cfg_scale <= MAX_CFG_SCALE):
+            raise ConfigError(
+                f"rows[{self.name}].cfg_scale={self.cfg_scale} needs kind=base and a value in [1, {MAX_CFG_SCALE:g}]"
+            )
         if self.kind == "lora" and not self.lora:
             raise ConfigError(f"rows[{self.name}] has kind=lora but no `lora` path")
         if self.kind == "transformer" and not self.path:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
-from w2svd.backbones import Backbone, backbone_for
+from w2svd.backbones import Backbone, Cond, backbone_for
 from w2svd.hub import resolve
 from w2svd.lora import check_lora_fits, lora_file, read_metadata
 from w2svd.sampling import get_sigmas, sample_euler, sample_renoise
@@ -67,6 +67,7 @@ def load_base(name_or_path: str = "embedded", device: str | None = None, dtype: 
 
 
 ADAPTER = "w2svd"
+MAX_CFG_SCALE = 30.0  # classifier-free guidance beyond this only saturates
 GENERATOR_META = "w2svd_generator.json"  # metadata beside a full distilled transformer (DMD with copies)
 # config entries a full generator transformer must share with the base it samples with
 SHARED_CONFIG = ("in_channels", "out_channels", "patch_size", "patch_size_t", "text_embed_dim", "pooled_projection_dim")
@@ -232,12 +233,16 @@ class VideoGenerator:
         if sigmas is None:
             sigmas = get_sigmas(steps or self.defaults.num_inference_steps, self.defaults.flow_shift)
         guidance = self.defaults.guidance_scale if guidance is None else guidance
-        if not (isinstance(cfg_scale, (int, float)) and 1.0 <= cfg_scale <= 30.0):
-            raise ValueError(f"cfg_scale={cfg_scale!r} must be a number in [1, 30] (1 = no classifier-free guidance)")
+        if not (isinstance(cfg_scale, (int, float)) and 1.0 <= cfg_scale <= MAX_CFG_SCALE):
+            raise ValueError(
+                f"cfg_scale={cfg_scale!r} must be a number in [1, {MAX_CFG_SCALE:g}] (1 = no classifier-free guidance)"
+            )
         start = time.perf_counter()
         device = self.pipe._execution_device
         cond = self.backbone.encode_prompts(prompts)
-        uncond = self.backbone.encode_prompts([""] * len(prompts)) if cfg_scale != 1.0 else None
+        uncond = None
+        if cfg_scale != 1.0:  # the empty prompt, encoded once for the whole batch
+            uncond = Cond.cat([self.backbone.encode_prompts([""])] * len(prompts))
         noise = self.initial_noise(seeds).to(device)
 
         def model_fn(x, s):

@@ -25,7 +25,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from w2svd.data import ATTRIBUTE_NAMES, ATTRIBUTES, heldout_examples, labels_of, render_examples, video_to_tensor
+from w2svd.data import (
+    ATTRIBUTE_NAMES,
+    ATTRIBUTES,
+    heldout_examples,
+    labels_of,
+    render_examples,
+    tensor_to_video,
+    video_to_tensor,
+)
 from w2svd.data.dataset import make_example
 from w2svd.eval.features import FeatureNets, load_feature_nets
 from w2svd.eval.metrics import embed
@@ -65,6 +73,21 @@ def encode_clips(backbone, clips: np.ndarray, batch_size: int = 32) -> torch.Ten
         video = torch.stack([video_to_tensor(c) for c in clips[i : i + batch_size]])
         out.append(backbone.encode_video(video).float().cpu())
     return torch.cat(out)
+
+
+def vae_roundtrip(vae, clips: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """uint8 clips (N, F, H, W, 3) after a round trip through a VAE: encode (posterior mode), then decode."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(clips), batch_size):
+            video = torch.stack([video_to_tensor(c) for c in clips[i : i + batch_size]]).to(vae.device, vae.dtype)
+            out += [tensor_to_video(r) for r in vae.decode(vae.encode(video).latent_dist.mode()).sample]
+    return np.stack(out)
+
+
+def read_motion(clips: np.ndarray, nets: FeatureNets, batch_size: int = 32) -> np.ndarray:
+    """The motion kind the clip encoder reads from each uint8 clip (index into ``MOTION_KINDS``)."""
+    return embed(clips, nets, batch_size).clip_predictions[:, MOTION]
 
 
 def train_probe(latents: torch.Tensor, labels: torch.Tensor, epochs: int = 10, seed: int = 0) -> LatentProbe:
@@ -141,15 +164,12 @@ def run_probe(
             return torch.cat([probe(z).argmax(1) for z in latents.split(256)]).numpy()
 
     def pixels(clips: np.ndarray) -> np.ndarray:
-        return embed(clips, nets, batch_size).clip_predictions[:, MOTION]
+        return read_motion(clips, nets, batch_size)
 
-    latents = encode_clips(backbone, render_examples(examples), batch_size)
-    decoded = []
-    with torch.no_grad():
-        for z in latents.split(batch_size):
-            video = backbone.decode_latents(z.to(generator.pipe._execution_device)).clamp(-1, 1)
-            decoded.append(video.add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy())
-    rows = [ProbeRow("real clips", confusion(truth, read(latents)), confusion(truth, pixels(np.concatenate(decoded))))]
+    real = render_examples(examples)
+    latents = encode_clips(backbone, real, batch_size)
+    round_trip = vae_roundtrip(backbone.vae, real, batch_size)
+    rows = [ProbeRow("real clips", confusion(truth, read(latents)), confusion(truth, pixels(round_trip)))]
     for s in steps:
         lat, frames = [], []
         for i in range(0, n, batch_size):
