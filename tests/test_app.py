@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 from pathlib import Path
@@ -131,6 +132,29 @@ def test_no_lora_fallback_is_labelled_plain_euler(no_lora_handlers):
     assert stats["few_step"]["nfe"] == 4 and stats["models"]["lora"] is None
     with pytest.raises(gr.Error, match=r"without a LoRA the app offers \[2, 4, 8\] steps"):
         h.validate(PROMPT, 0, 3)
+
+
+def test_a_guided_base_is_labelled_with_its_cfg_and_counts_two_calls_per_step(
+    tiny_pipeline_dir, tiny_lora_dir, tmp_path
+):
+    """A base whose generation_defaults ask for classifier-free guidance (as the embedded one does)."""
+    gen = load_generator(str(tiny_pipeline_dir), str(tiny_lora_dir), "cpu")
+    gen.defaults = dataclasses.replace(gen.defaults, true_cfg_scale=2.0)
+    h = DemoHandlers(gen, VideoStore(tmp_path / "videos"), "tiny", "lora")
+    assert h.baseline_label == "Base - 28 steps, CFG 2"
+    assert "classifier-free guidance 2" in h.about_markdown() and "56 NFE" in h.about_markdown()
+    assert h.baseline_gpu_seconds(PROMPT, 0, 28) - 30 == pytest.approx(2 * (h.gpu_seconds(PROMPT, 0, 28) - 30), abs=1)
+    ticks = []
+    *_, (_, _, _, _, base_md, stats) = h.stream(PROMPT, 3, False, 4, True, progress=lambda p, desc: ticks.append(p))
+    assert stats["few_step"]["nfe"] == 4  # the distilled generator is not guided
+    assert stats["baseline"]["steps"] == 28 and stats["baseline"]["nfe"] == 56 and "56 NFE" in base_md
+    assert ticks[-1] == (28, 28)  # progress counts sampler steps, not model calls
+    base_only = load_generator(str(tiny_pipeline_dir), None, "cpu")
+    base_only.defaults = gen.defaults
+    no_lora = DemoHandlers(base_only, h.videos, "tiny", None)
+    assert no_lora.few_step_label(4) == "Base, Euler - 4 steps, CFG 2 (no W2SVD LoRA loaded)"
+    *_, (_, _, _, _, _, stats) = no_lora.stream(PROMPT, 3, False, 4, False, progress=None)
+    assert stats["few_step"]["steps"] == 4 and stats["few_step"]["nfe"] == 8  # the fallback samples as the base does
 
 
 def test_choose_lora_defaults_to_the_embedded_lora_only_when_it_fits(monkeypatch, tmp_path):

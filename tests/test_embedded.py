@@ -57,24 +57,26 @@ def test_loads_offline_by_name(monkeypatch):
     from w2svd.pipeline import VideoGenerator
 
     gen = VideoGenerator.from_pretrained("embedded", device="cpu")
+    assert gen.defaults.true_cfg_scale == 2.0  # the shipped base samples with classifier-free guidance 2
     res = gen.baseline([PROMPT], [5], steps=2)
-    assert res.frames.shape == (1, 9, 64, 64, 3) and res.nfe == 2
+    assert res.frames.shape == (1, 9, 64, 64, 3) and res.nfe == 4  # two model calls per step
     assert res.frames.std() > 10  # uint8: not a flat image
+    assert gen.baseline([PROMPT], [5], steps=2, cfg_scale=1.0).nfe == 2
 
 
 def test_stock_true_cfg_with_an_empty_negative_prompt_matches_our_cfg_scale(stock_pipe):
-    """The model card's CFG note: stock `true_cfg_scale` + `negative_prompt=""` is w2svd's `cfg_scale`."""
+    """The model card's stock call: `true_cfg_scale` + `negative_prompt=""` is w2svd's default baseline."""
     from w2svd.pipeline import VideoGenerator
 
     gen = VideoGenerator.from_pretrained("embedded", device="cpu")
     d = gen.defaults
     prompt = "a woman with long red hair and glasses talking against a teal background"
-    ours = gen.baseline([prompt], [5], steps=4, cfg_scale=3.0)
+    ours = gen.baseline([prompt], [5], steps=4)  # the base's default CFG, from generation_defaults.json
     assert ours.nfe == 8
     out = stock_pipe(
         prompt=prompt,
         negative_prompt="",
-        true_cfg_scale=3.0,
+        true_cfg_scale=d.true_cfg_scale,
         height=d.height,
         width=d.width,
         num_frames=d.num_frames,
@@ -85,5 +87,5 @@ def test_stock_true_cfg_with_an_empty_negative_prompt_matches_our_cfg_scale(stoc
     ).frames[0]
     stock = np.round(out * 255).astype(np.uint8)
     assert np.abs(stock.astype(int) - ours.frames[0].astype(int)).max() <= 1
-    unguided = gen.baseline([prompt], [5], steps=4).frames[0]
+    unguided = gen.baseline([prompt], [5], steps=4, cfg_scale=1.0).frames[0]
     assert np.abs(unguided.astype(int) - ours.frames[0].astype(int)).max() > 10  # guidance changed the video

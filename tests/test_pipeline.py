@@ -85,3 +85,24 @@ def test_missing_and_mismatched_models_are_named(tmp_path, tiny_pipeline_dir):
         g.load_lora(str(bad))
     with pytest.raises(RuntimeError, match="no distilled LoRA loaded"):
         g.few_step([PROMPT], [0])
+
+
+@pytest.mark.parametrize("bad", [0.5, "2", True, 31.0])
+def test_a_bad_true_cfg_scale_in_generation_defaults_is_named_with_its_file(tmp_path, bad):
+    import json
+
+    from w2svd.pipeline import GenerationDefaults
+
+    (tmp_path / "generation_defaults.json").write_text(json.dumps({"num_inference_steps": 28, "true_cfg_scale": bad}))
+    with pytest.raises(ValueError, match=r"generation_defaults.json: true_cfg_scale=.* must be a number in \[1, 30\]"):
+        GenerationDefaults.from_folder(tmp_path)
+
+
+def test_the_base_card_states_the_guidance_and_its_nfe():
+    from w2svd.cards import base_card
+
+    d = {"height": 64, "width": 64, "num_frames": 9, "fps": 8, "num_inference_steps": 28, "guidance_scale": 1.0}
+    d["flow_shift"] = 3.0
+    assert "NFE = steps" in base_card(d, {}, {}) and "true_cfg_scale" not in base_card(d, {}, {})
+    guided = base_card({**d, "true_cfg_scale": 2.0}, {}, {})
+    assert "NFE = 2 x steps = 56" in guided and 'true_cfg_scale=2, negative_prompt="",' in guided

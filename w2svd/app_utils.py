@@ -179,7 +179,8 @@ class SideStats:
 
     @classmethod
     def of(cls, label: str, result: GenerationResult) -> SideStats:
-        return cls(label, result.nfe, result.nfe, result.total_seconds, result.denoise_seconds, result.sigmas)
+        steps = len(result.sigmas) - 1  # NFE is twice this under classifier-free guidance
+        return cls(label, steps, result.nfe, result.total_seconds, result.denoise_seconds, result.sigmas)
 
 
 def speedup(few: SideStats, baseline: SideStats | None) -> float | None:

@@ -27,7 +27,7 @@ class Row:
     name: str
     kind: str  # real | base (Euler on the base) | lora (a distilled LoRA) | transformer (a full distilled one)
     steps: int = 0  # 0: the model's default
-    cfg_scale: float = 1.0  # classifier-free guidance for kind=base (> 1 doubles the NFE)
+    cfg_scale: float | None = None  # classifier-free guidance for kind=base (> 1 doubles the NFE); None: the base's
     lora: str = ""  # LoRA folder/file/Hub id for kind=lora
     path: str = ""  # run folder or its transformer/ subfolder for kind=transformer (DMD with full copies)
     run_dir: str = ""  # training run folder, to report training steps and wall time
@@ -36,7 +36,7 @@ class Row:
     def validate(self) -> None:
         if self.kind not in ("real", "base", "lora", "transformer"):
             raise ConfigError(f"rows[{self.name}].kind={self.kind!r} must be 'real', 'base', 'lora' or 'transformer'")
-        if self.cfg_scale != 1.0 and (self.kind != "base" or not 1.0 <= self.cfg_scale <= MAX_CFG_SCALE):
+        if self.cfg_scale is not None and (self.kind != "base" or not 1.0 <= self.cfg_scale <= MAX_CFG_SCALE):
             raise ConfigError(
                 f"rows[{self.name}].cfg_scale={self.cfg_scale} needs kind=base and a value in [1, {MAX_CFG_SCALE:g}]"
             )
@@ -95,13 +95,16 @@ class TimedGenerator:
         self.denoise = self.total = 0.0
         self.videos = 0
         self.nfe = 0
+        self.cfg_scale: float | None = None  # the classifier-free guidance the base rows sampled with
 
     def __call__(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
         steps = self.row.steps or None
         if self.row.kind in ("lora", "transformer"):
             res = self.gen.few_step(prompts, seeds, steps=steps)
         else:
-            res = self.gen.baseline(prompts, seeds, steps=steps, cfg_scale=self.row.cfg_scale)
+            cfg_scale = self.gen.defaults.true_cfg_scale if self.row.cfg_scale is None else self.row.cfg_scale
+            res = self.gen.baseline(prompts, seeds, steps=steps, cfg_scale=cfg_scale)
+            self.cfg_scale = cfg_scale
         self.denoise += res.denoise_seconds
         self.total += res.total_seconds
         self.videos += len(prompts)
@@ -155,6 +158,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         if timed is not None:
             entry.update(
                 nfe=timed.nfe,
+                **({"cfg_scale": timed.cfg_scale} if timed.cfg_scale is not None else {}),
                 denoise_s_per_video=timed.denoise / timed.videos,
                 total_s_per_video=timed.total / timed.videos,
             )
@@ -208,6 +212,7 @@ def score(clips: np.ndarray, examples, reference: metrics.Embedding, nets) -> di
 COLUMNS = [
     ("name", "method", "{}"),
     ("nfe", "NFE", "{}"),
+    ("cfg_scale", "CFG", "{:g}"),
     ("fd_frame", "FD-frame", "{:.2f}"),
     ("fd_clip", "FD-clip", "{:.2f}"),
     ("adherence/appearance_mean", "attributes", "{:.1%}"),

@@ -29,7 +29,7 @@ def base_card(defaults: dict[str, Any], components: dict[str, str], report: dict
         "",
         f"Native size: {d['num_frames']} frames of {d['height']}x{d['width']} at {d['fps']} fps; "
         f"{d['num_inference_steps']} Euler steps, flow shift {d['flow_shift']}, guidance {d['guidance_scale']} "
-        "(no guidance embedding and no CFG: NFE = steps).",
+        + guidance_note(d),
         "",
         "The text encoders are **randomly initialised and frozen**: the transformer learned to read their",
         "features; they carry no language knowledge beyond the caption grammar's vocabulary.",
@@ -42,6 +42,7 @@ def base_card(defaults: dict[str, Any], components: dict[str, str], report: dict
         '    prompt="a woman with long red hair and glasses talking against a teal background",',
         f"    height={d['height']}, width={d['width']}, num_frames={d['num_frames']},",
         f"    num_inference_steps={d['num_inference_steps']}, guidance_scale={d['guidance_scale']},",
+        *([f'    true_cfg_scale={cfg:g}, negative_prompt="",'] if (cfg := d.get("true_cfg_scale", 1.0)) != 1.0 else []),
         ").frames[0]",
         "```",
         "",
@@ -52,6 +53,19 @@ def base_card(defaults: dict[str, Any], components: dict[str, str], report: dict
         "```",
     ]
     return "\n".join(lines) + "\n"
+
+
+def guidance_note(d: dict[str, Any]) -> str:
+    """How the base's defaults guide sampling, and what that costs in NFE."""
+    cfg = d.get("true_cfg_scale", 1.0)
+    if cfg == 1.0:
+        return "(no guidance embedding and no CFG: NFE = steps)."
+    return (
+        f"(no guidance embedding), classifier-free guidance {cfg:g} against the empty prompt: two transformer calls "
+        f"per step, NFE = 2 x steps = {2 * d['num_inference_steps']}. In stock diffusers that is "
+        f'`true_cfg_scale={cfg:g}` with `negative_prompt=""`: without a negative prompt the stock pipeline '
+        "does not guide."
+    )
 
 
 NOTES = {

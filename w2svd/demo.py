@@ -49,10 +49,11 @@ class DemoHandlers:
         d = generator.defaults
         self.scale = display_scale(d.height, d.width, display_size)
         self.baseline_steps = d.num_inference_steps
+        self.baseline_cfg = d.true_cfg_scale  # > 1: two model calls per baseline step
         self.seconds_per_step = seconds_per_step
         self._lock = threading.Lock()  # one pipeline whose adapters the two samplers switch: one job at a time
         self._few_step_gpu = spaces_gpu(self._few_step, duration=self.gpu_seconds)
-        self._baseline_gpu = spaces_gpu(self._baseline, duration=self.gpu_seconds)
+        self._baseline_gpu = spaces_gpu(self._baseline, duration=self.baseline_gpu_seconds)
 
     # ---- what is loaded -----------------------------------------------------------------------
     @property
@@ -73,11 +74,13 @@ class DemoHandlers:
     def few_step_label(self, steps: int) -> str:
         if self.has_lora:
             return f"W2SVD - {steps} steps"
-        return f"Base, Euler - {steps} steps (no W2SVD LoRA loaded)"
+        cfg = f", CFG {self.baseline_cfg:g}" if self.baseline_cfg != 1.0 else ""
+        return f"Base, Euler - {steps} steps{cfg} (no W2SVD LoRA loaded)"
 
     @property
     def baseline_label(self) -> str:
-        return f"Base - {self.baseline_steps} steps"
+        cfg = f", CFG {self.baseline_cfg:g}" if self.baseline_cfg != 1.0 else ""
+        return f"Base - {self.baseline_steps} steps{cfg}"
 
     def video_format(self) -> dict:
         d = self.generator.defaults
@@ -115,11 +118,19 @@ class DemoHandlers:
             "### What am I looking at\n"
             f"**W2SVD** (Weak-to-Strong Video Distillation, MagicDistillation, arXiv 2503.13319) distills a {n}-step "
             "HunyuanVideo-family text-to-video model into a LoRA that samples in a few steps. Left: the few-step "
-            f"sampler; right: the base model alone at its native {n} Euler steps. Both start from the same initial "
-            "noise (same seed), so what differs is the sampler, not the noise.\n\n"
+            f"sampler; right: the base model alone at its native {n} Euler steps{self._cfg_note()}. Both start from "
+            "the same initial noise (same seed), so what differs is the sampler, not the noise.\n\n"
             f"Loaded: base **{self.base_name}**; {lora}\n\n"
             f"Videos: {d.num_frames} frames at {d.fps} fps, {size}. The benchmark table (quality and speed on "
             "held-out prompts) is in `docs/benchmark.md`."
+        )
+
+    def _cfg_note(self) -> str:
+        if self.baseline_cfg == 1.0:
+            return ""
+        return (
+            f" with classifier-free guidance {self.baseline_cfg:g} against the empty prompt (two model calls per "
+            f"step: {2 * self.baseline_steps} NFE)"
         )
 
     # ---- input checks -------------------------------------------------------------------------
@@ -145,13 +156,18 @@ class DemoHandlers:
     # ---- GPU work (one spaces.GPU lease per call on ZeroGPU) ------------------------------------
     def gpu_seconds(self, prompt: str, seed: int, steps: int, progress=None) -> int:
         """The GPU lease to ask ZeroGPU for: loading and decoding overhead plus a per-step estimate."""
-        return int(30 + self.seconds_per_step * steps)
+        calls = 1 if self.has_lora or self.baseline_cfg == 1.0 else 2  # the fallback samples as the base does
+        return int(30 + self.seconds_per_step * steps * calls)
+
+    def baseline_gpu_seconds(self, prompt: str, seed: int, steps: int, progress=None) -> int:
+        """As gpu_seconds, counting two model calls per step under classifier-free guidance."""
+        return int(30 + self.seconds_per_step * steps * (2 if self.baseline_cfg != 1.0 else 1))
 
     def _few_step(self, prompt: str, seed: int, steps: int, progress=None) -> GenerationResult:
         callback = _progress_callback(progress, steps, self.few_step_label(steps))
         if self.has_lora:
             return self.generator.few_step([prompt], [seed], steps, callback=callback)
-        return self.generator.generate([prompt], [seed], steps=steps, callback=callback)
+        return self.generator.baseline([prompt], [seed], steps=steps, callback=callback)  # the base's own sampler
 
     def _baseline(self, prompt: str, seed: int, steps: int, progress=None) -> GenerationResult:
         callback = _progress_callback(progress, steps, self.baseline_label)

@@ -19,6 +19,7 @@ from w2svd.lora import check_lora_fits, lora_file, read_metadata
 from w2svd.sampling import get_sigmas, sample_euler, sample_renoise
 
 MAX_SEED = 2**32
+MAX_CFG_SCALE = 30.0  # classifier-free guidance beyond this only saturates
 
 
 @dataclasses.dataclass
@@ -32,6 +33,9 @@ class GenerationDefaults:
     num_inference_steps: int = 28
     guidance_scale: float = 6.0  # HunyuanVideo's embedded (distilled) guidance
     flow_shift: float = 7.0
+    # classifier-free guidance against the empty prompt (diffusers' name); > 1 doubles the NFE. HunyuanVideo 13B is
+    # guidance-distilled (1.0); the embedded base samples with 2.0, as the stock call with negative_prompt="" does
+    true_cfg_scale: float = 1.0
 
     @classmethod
     def from_folder(cls, folder: Path) -> GenerationDefaults:
@@ -40,7 +44,14 @@ class GenerationDefaults:
             return cls()
         data = json.loads(path.read_text())
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        defaults = cls(**{k: v for k, v in data.items() if k in known})
+        cfg = defaults.true_cfg_scale
+        if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not 1.0 <= cfg <= MAX_CFG_SCALE:
+            raise ValueError(
+                f"{path}: true_cfg_scale={cfg!r} must be a number in [1, {MAX_CFG_SCALE:g}] (1 = no classifier-free "
+                "guidance); fix or remove the entry"
+            )
+        return defaults
 
 
 @dataclasses.dataclass
@@ -67,7 +78,6 @@ def load_base(name_or_path: str = "embedded", device: str | None = None, dtype: 
 
 
 ADAPTER = "w2svd"
-MAX_CFG_SCALE = 30.0  # classifier-free guidance beyond this only saturates
 GENERATOR_META = "w2svd_generator.json"  # metadata beside a full distilled transformer (DMD with copies)
 # config entries a full generator transformer must share with the base it samples with
 SHARED_CONFIG = ("in_channels", "out_channels", "patch_size", "patch_size_t", "text_embed_dim", "pooled_projection_dim")
@@ -171,13 +181,19 @@ class VideoGenerator:
         self.pipe.set_adapters([ADAPTER], [1.0])
         return self.generate(prompts, seeds, sigmas=sigmas, renoise=renoise, guidance=guidance, **kw)
 
-    def baseline(self, prompts: list[str], seeds: list[int], steps: int | None = None, **kw) -> GenerationResult:
-        """The base model alone (LoRA disabled), Euler at its native step count."""
+    def baseline(
+        self, prompts: list[str], seeds: list[int], steps: int | None = None, cfg_scale: float | None = None, **kw
+    ) -> GenerationResult:
+        """The base model alone (LoRA disabled), Euler at its native step count and classifier-free guidance.
+
+        ``cfg_scale`` None takes the base's ``true_cfg_scale`` (generation_defaults.json); 1.0 turns CFG off.
+        """
+        cfg_scale = self.defaults.true_cfg_scale if cfg_scale is None else cfg_scale
         lora = self.lora_meta is not None and self.generator_transformer is None
         if lora:
             self.pipe.disable_lora()
         try:
-            return self.generate(prompts, seeds, steps=steps, **kw)
+            return self.generate(prompts, seeds, steps=steps, cfg_scale=cfg_scale, **kw)
         finally:
             if lora:
                 self.pipe.enable_lora()
