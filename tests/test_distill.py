@@ -84,7 +84,7 @@ def test_run_exports_a_diffusers_lora_that_reproduces_the_generator(tmp_path, ti
     assert keys and all("lora" in k and k.startswith("transformer.") for k in keys)
     meta = read_metadata(path)
     assert meta["sigmas_by_steps"]["4"][0] == 1.0 and meta["sigmas_by_steps"]["4"][-1] == 0.0
-    assert meta["alpha_weak"] == 0.25 and meta["training_steps"] == 3
+    assert meta["alpha_weak"] == 0.25 and meta["training_steps"] == 3 and meta["real_cfg_scale"] == 1.0
     # a fresh pipeline + load_lora_weights gives exactly the trained generator's velocity
     m = build_method(cfg, torch.device("cpu"))  # resumes the finished run's last checkpoint
     m.load_trainable_state(__import__("w2svd.training.checkpoint", fromlist=["x"]).load_latest(out / "checkpoints")[0])

@@ -106,3 +106,13 @@ def test_the_base_card_states_the_guidance_and_its_nfe():
     assert "NFE = steps" in base_card(d, {}, {}) and "true_cfg_scale" not in base_card(d, {}, {})
     guided = base_card({**d, "true_cfg_scale": 2.0}, {}, {})
     assert "NFE = 2 x steps = 56" in guided and 'true_cfg_scale=2, negative_prompt="",' in guided
+
+
+def test_the_lora_card_names_a_guided_teacher():
+    from w2svd.cards import lora_card
+
+    meta = {"default_steps": 4, "sigmas_by_steps": {"4": [1.0, 0.9, 0.8, 0.6, 0.0]}, "guidance_scale": 1.0}
+    size = {"height": 64, "width": 64, "num_frames": 9}
+    assert "classifier-free guidance" not in lora_card(meta, "base", "lora", size)
+    card = lora_card({**meta, "real_cfg_scale": 2.0}, "base", "lora", size)
+    assert "Distilled from the base sampled with classifier-free guidance 2" in card

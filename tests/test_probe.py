@@ -47,3 +47,12 @@ def test_probe_cli_runs_on_the_embedded_base(tmp_path, capsys):
 def test_probe_cli_rejects_bad_counts():
     with pytest.raises(SystemExit):
         probe.main(["--n", "0"])
+    with pytest.raises(SystemExit):
+        probe.main(["--cfg-scale", "0.5"])
+
+
+def test_probe_labels_guided_samples(tmp_path):
+    out = tmp_path / "probe.json"
+    args = ["--n", "4", "--n-train", "8", "--epochs", "1", "--steps", "1", "--cfg-scale", "2", "--json", str(out)]
+    assert probe.main(args) == 0
+    assert [r["name"] for r in json.loads(out.read_text())] == ["real clips", "base-1 cfg 2"]

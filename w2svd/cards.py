@@ -79,6 +79,17 @@ NOTES = {
 }
 
 
+def teacher_note(meta: dict[str, Any]) -> list[str]:
+    """The classifier-free guidance the generator was distilled from: the LoRA samples without it, at 1 NFE/step."""
+    cfg = meta.get("real_cfg_scale", 1.0)
+    if cfg == 1.0:
+        return []
+    return [
+        f"Distilled from the base sampled with classifier-free guidance {cfg:g} (the real score is guided): the",
+        "LoRA needs no guidance of its own, one transformer call per step.",
+    ]
+
+
 def lora_card(meta: dict[str, Any], base_repo: str, lora_repo: str, defaults: dict[str, Any]) -> str:
     """Card of a distilled LoRA with the exact stock-diffusers snippet that reproduces its sampler."""
     steps = str(meta["default_steps"])
@@ -99,6 +110,7 @@ def lora_card(meta: dict[str, Any], base_repo: str, lora_repo: str, defaults: di
         f"real score = base + {meta.get('alpha_weak')} x fake-score LoRA (lambda_gt = {meta.get('lambda_gt')}).",
         f"Recommended: {steps} steps, sigmas {sigmas[:-1]} (already shifted: build the scheduler with shift=1),",
         f"guidance {meta.get('guidance_scale')}, re-noising between steps (stochastic_sampling=True).",
+        *teacher_note(meta),
         "",
         "```python",
         "import torch",

@@ -5,7 +5,7 @@ latents carry the wrong motion) or from the decoder (right latents, motion blurr
 trained on the VAE latents of real training clips ("latent probe") separates the two: it reads the motion kind
 straight from a sampler's latents.
 
-    python -m w2svd.eval.probe [--base embedded] [--steps 28 4] [--n 256] [--threads 2]
+    python -m w2svd.eval.probe [--base embedded] [--steps 28 4] [--cfg-scale 1] [--n 256] [--threads 2]
 
 prints, for real clips and each step count, motion adherence read from latents (probe) and from pixels (clip
 encoder), plus the confusion matrices. Real clips are scored in pixels after a VAE round trip, the decoder's
@@ -146,8 +146,12 @@ def run_probe(
     epochs: int = 10,
     batch_size: int = 32,
     nets: FeatureNets | None = None,
+    cfg_scale: float = 1.0,
 ) -> list[ProbeRow]:
-    """Train the probe on ``n_train`` real clips, then score real clips and base samples at each step count."""
+    """Train the probe on ``n_train`` real clips, then score real clips and base samples at each step count.
+
+    The base samples with ``cfg_scale`` (default 1: unguided, whatever the base's own default is).
+    """
     nets = nets or load_feature_nets()
     backbone = generator.backbone
     train_ex = [make_example("train", PROBE_SEED, i) for i in range(n_train)]
@@ -174,12 +178,14 @@ def run_probe(
         lat, frames = [], []
         for i in range(0, n, batch_size):
             part = examples[i : i + batch_size]
-            result = generator.generate([e.prompt for e in part], [e.seed for e in part], steps=s)
+            result = generator.baseline([e.prompt for e in part], [e.seed for e in part], steps=s, cfg_scale=cfg_scale)
             lat.append(result.latents)
             frames.append(result.frames)
         rows.append(
             ProbeRow(
-                f"base-{s}", confusion(truth, read(torch.cat(lat))), confusion(truth, pixels(np.concatenate(frames)))
+                f"base-{s}" + (f" cfg {cfg_scale:g}" if cfg_scale != 1.0 else ""),
+                confusion(truth, read(torch.cat(lat))),
+                confusion(truth, pixels(np.concatenate(frames))),
             )
         )
     return rows
@@ -206,7 +212,7 @@ def format_confusions(rows: list[ProbeRow]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from w2svd.pipeline import VideoGenerator
+    from w2svd.pipeline import MAX_CFG_SCALE, VideoGenerator
 
     ap = argparse.ArgumentParser(prog="python -m w2svd.eval.probe", description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="embedded", help="base model: 'embedded', a folder or a Hub id")
@@ -214,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=256, help="held-out prompts (default 256)")
     ap.add_argument("--n-train", type=int, default=3000, help="real training clips for the probe (default 3000)")
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument(
+        "--cfg-scale", type=float, default=1.0, help="classifier-free guidance of the base samples (default 1: none)"
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     ap.add_argument("--out-md", default=None, help="also write the tables to this Markdown file, with the command")
@@ -223,10 +232,13 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if any(s < 1 for s in args.steps):
         ap.error(f"--steps must be positive, got {args.steps}")
+    if not 1.0 <= args.cfg_scale <= MAX_CFG_SCALE:
+        ap.error(f"--cfg-scale must be in [1, {MAX_CFG_SCALE:g}], got {args.cfg_scale}")
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    rows = run_probe(VideoGenerator.from_pretrained(args.base), args.steps, args.n, args.n_train, args.epochs)
+    gen = VideoGenerator.from_pretrained(args.base)
+    rows = run_probe(gen, args.steps, args.n, args.n_train, args.epochs, cfg_scale=args.cfg_scale)
     table, matrices = format_table(rows), format_confusions(rows)
     footer = f"{args.n} held-out pairs, probe trained on {args.n_train} clips; {time.perf_counter() - start:.0f} s"
     print(f"{table}\n\n{matrices}\n\n{footer}")

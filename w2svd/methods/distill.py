@@ -62,7 +62,7 @@ class DistillConfig:
     dm_s_min: float = 0.02
     dm_s_max: float = 0.98
     noise_shift: float = 3.0  # shift of the noise levels drawn for DM and fake-score losses (the base's)
-    real_cfg_scale: float = 1.0  # true CFG on the real score (empty prompt); 1 = off, as the base samples
+    real_cfg_scale: float = 1.0  # true CFG on the real score (empty prompt); 1 = off. Match the base's true_cfg_scale
     backward_simulation: bool = True  # else the generator is trained from pure noise at every step
     ema_decay: float = 0.0  # EMA of the generator LoRA (0 = off); the export uses the EMA weights
     discriminator: bool = False  # DMD2-style GAN head on the fake score's features (discriminator.py)
@@ -370,6 +370,7 @@ class DistillMethod(Method):
             "default_steps": c.steps,
             "generator_shift": c.generator_shift,
             "guidance_scale": c.guidance,
+            "real_cfg_scale": c.real_cfg_scale,  # the teacher's classifier-free guidance the generator learned
             "renoise": True,
             "alpha_weak": c.alpha_weak,
             "lambda_gt": c.lambda_gt,
