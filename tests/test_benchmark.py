@@ -36,6 +36,7 @@ def test_benchmark_writes_a_well_formed_table(tmp_path, tiny64_pipeline_dir):
     assert rows["euler-1"]["speedup_denoise"] > 1.0  # one network call instead of three
     assert rows["real"]["fd_clip"] < rows["base-3"]["fd_clip"]  # a random model is far from real clips
     assert rows["real"]["adherence/motion"] == 1.0
+    assert rows["real"]["motion_region"] == 1.0 and 0 <= rows["base-3"]["motion_region"] <= 1
     text = (tmp_path / "b.md").read_text()
     assert text.count("\n| ") >= 4 and "FD-clip" in text and "| real |" in text
     assert json.loads((tmp_path / "b.json").read_text())["rows"][1]["name"] == "base-3"

@@ -19,6 +19,7 @@ from w2svd.config import ConfigError
 from w2svd.data import heldout_examples
 from w2svd.eval import metrics
 from w2svd.eval.features import load_feature_nets
+from w2svd.eval.motion_regions import region_figures
 from w2svd.pipeline import GENERATOR_META, MAX_CFG_SCALE, VideoGenerator
 
 
@@ -202,10 +203,12 @@ def score(clips: np.ndarray, examples, reference: metrics.Embedding, nets) -> di
     """FD against the reference real clips (same prompts, other render seeds) and prompt adherence."""
     gen_emb = metrics.embed(clips, nets)
     adh = metrics.adherence(gen_emb, examples, nets)
+    regions = region_figures(clips, [e.portrait.label("motion") for e in examples])
     return {
         "fd_frame": metrics.fd_frame(gen_emb, reference, nets),
         "fd_clip": metrics.fd_clip(gen_emb, reference, nets),
         **{f"adherence/{k}": v for k, v in adh.items()},
+        "motion_region": float(regions["right"].mean()),  # visible and in the prompted face region
     }
 
 
@@ -219,6 +222,7 @@ COLUMNS = [
     ("adherence/hair_colour", "hair colour", "{:.1%}"),
     ("adherence/background", "background", "{:.1%}"),
     ("adherence/motion", "motion", "{:.1%}"),
+    ("motion_region", "motion in region", "{:.1%}"),
     ("denoise_s_per_video", "denoise s/video", "{:.3f}"),
     ("total_s_per_video", "total s/video", "{:.3f}"),
     ("speedup_denoise", "speed-up (denoise)", "{:.2f}x"),
