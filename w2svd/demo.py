@@ -155,13 +155,17 @@ class DemoHandlers:
 
     # ---- GPU work (one spaces.GPU lease per call on ZeroGPU) ------------------------------------
     def gpu_seconds(self, prompt: str, seed: int, steps: int, progress=None) -> int:
-        """The GPU lease to ask ZeroGPU for: loading and decoding overhead plus a per-step estimate."""
-        calls = 1 if self.has_lora or self.baseline_cfg == 1.0 else 2  # the fallback samples as the base does
-        return int(30 + self.seconds_per_step * steps * calls)
+        """The GPU lease to ask ZeroGPU for: loading and decoding overhead plus a per-call estimate."""
+        guided = not self.has_lora  # the no-LoRA fallback samples as the base does
+        return self._lease(steps, guided)
 
     def baseline_gpu_seconds(self, prompt: str, seed: int, steps: int, progress=None) -> int:
-        """As gpu_seconds, counting two model calls per step under classifier-free guidance."""
-        return int(30 + self.seconds_per_step * steps * (2 if self.baseline_cfg != 1.0 else 1))
+        """As gpu_seconds, for the base's own sampler."""
+        return self._lease(steps, guided=True)
+
+    def _lease(self, steps: int, guided: bool) -> int:
+        calls = 2 if guided and self.baseline_cfg != 1.0 else 1  # classifier-free guidance: two calls per step
+        return int(30 + self.seconds_per_step * steps * calls)
 
     def _few_step(self, prompt: str, seed: int, steps: int, progress=None) -> GenerationResult:
         callback = _progress_callback(progress, steps, self.few_step_label(steps))
