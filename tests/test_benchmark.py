@@ -32,6 +32,7 @@ def test_benchmark_writes_a_well_formed_table(tmp_path, tiny64_pipeline_dir):
     report = run_benchmark(cfg)
     rows = {r["name"]: r for r in report["rows"]}
     assert rows["base-3"]["nfe"] == 3 and rows["euler-1"]["nfe"] == 1 and rows["euler-1 cfg 3"]["nfe"] == 2
+    assert rows["euler-1"]["cfg_scale"] == 1.0 and rows["euler-1 cfg 3"]["cfg_scale"] == 3.0  # None: the base's
     assert rows["base-3"]["speedup_denoise"] == pytest.approx(1.0)
     assert rows["euler-1"]["speedup_denoise"] > 1.0  # one network call instead of three
     assert rows["real"]["fd_clip"] < rows["base-3"]["fd_clip"]  # a random model is far from real clips

@@ -51,8 +51,20 @@ def test_probe_cli_rejects_bad_counts():
         probe.main(["--cfg-scale", "0.5"])
 
 
-def test_probe_labels_guided_samples(tmp_path):
+def test_probe_samples_with_the_cfg_scale_and_labels_it(tmp_path, monkeypatch):
+    from w2svd.pipeline import VideoGenerator
+
+    nfe = []
+    baseline = VideoGenerator.baseline
+
+    def spy(self, *a, **kw):
+        result = baseline(self, *a, **kw)
+        nfe.append(result.nfe)
+        return result
+
+    monkeypatch.setattr(VideoGenerator, "baseline", spy)
     out = tmp_path / "probe.json"
     args = ["--n", "4", "--n-train", "8", "--epochs", "1", "--steps", "1", "--cfg-scale", "2", "--json", str(out)]
     assert probe.main(args) == 0
     assert [r["name"] for r in json.loads(out.read_text())] == ["real clips", "base-1 cfg 2"]
+    assert nfe == [2]  # one guided step: two model calls

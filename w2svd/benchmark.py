@@ -103,9 +103,8 @@ class TimedGenerator:
         if self.row.kind in ("lora", "transformer"):
             res = self.gen.few_step(prompts, seeds, steps=steps)
         else:
-            cfg_scale = self.gen.defaults.true_cfg_scale if self.row.cfg_scale is None else self.row.cfg_scale
-            res = self.gen.baseline(prompts, seeds, steps=steps, cfg_scale=cfg_scale)
-            self.cfg_scale = cfg_scale
+            res = self.gen.baseline(prompts, seeds, steps=steps, cfg_scale=self.row.cfg_scale)
+            self.cfg_scale = res.cfg_scale
         self.denoise += res.denoise_seconds
         self.total += res.total_seconds
         self.videos += len(prompts)

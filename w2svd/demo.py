@@ -49,13 +49,17 @@ class DemoHandlers:
         d = generator.defaults
         self.scale = display_scale(d.height, d.width, display_size)
         self.baseline_steps = d.num_inference_steps
-        self.baseline_cfg = d.true_cfg_scale  # > 1: two model calls per baseline step
         self.seconds_per_step = seconds_per_step
         self._lock = threading.Lock()  # one pipeline whose adapters the two samplers switch: one job at a time
         self._few_step_gpu = spaces_gpu(self._few_step, duration=self.gpu_seconds)
         self._baseline_gpu = spaces_gpu(self._baseline, duration=self.baseline_gpu_seconds)
 
     # ---- what is loaded -----------------------------------------------------------------------
+    @property
+    def baseline_cfg(self) -> float:
+        """The base's classifier-free guidance (> 1: two model calls per baseline step)."""
+        return self.generator.defaults.true_cfg_scale
+
     @property
     def has_lora(self) -> bool:
         return self.generator.lora_meta is not None

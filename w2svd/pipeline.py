@@ -22,6 +22,15 @@ MAX_SEED = 2**32
 MAX_CFG_SCALE = 30.0  # classifier-free guidance beyond this only saturates
 
 
+def check_cfg_scale(value, name: str = "cfg_scale") -> float:
+    """``value`` as a classifier-free guidance scale in [1, MAX_CFG_SCALE], or ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1.0 <= value <= MAX_CFG_SCALE:
+        raise ValueError(
+            f"{name}={value!r} must be a number in [1, {MAX_CFG_SCALE:g}] (1 = no classifier-free guidance)"
+        )
+    return float(value)
+
+
 @dataclasses.dataclass
 class GenerationDefaults:
     """A model's native generation settings (``generation_defaults.json`` beside model_index.json)."""
@@ -45,12 +54,7 @@ class GenerationDefaults:
         data = json.loads(path.read_text())
         known = {f.name for f in dataclasses.fields(cls)}
         defaults = cls(**{k: v for k, v in data.items() if k in known})
-        cfg = defaults.true_cfg_scale
-        if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not 1.0 <= cfg <= MAX_CFG_SCALE:
-            raise ValueError(
-                f"{path}: true_cfg_scale={cfg!r} must be a number in [1, {MAX_CFG_SCALE:g}] (1 = no classifier-free "
-                "guidance); fix or remove the entry"
-            )
+        check_cfg_scale(defaults.true_cfg_scale, f"{path}: true_cfg_scale")
         return defaults
 
 
@@ -62,6 +66,7 @@ class GenerationResult:
     nfe: int
     sigmas: list[float]
     latents: torch.Tensor | None = None  # (N, C, T, h, w) final latents as the transformer sees them (scaled), CPU
+    cfg_scale: float = 1.0  # the classifier-free guidance it was sampled with
 
 
 def load_base(name_or_path: str = "embedded", device: str | None = None, dtype: torch.dtype | None = None):
@@ -249,10 +254,7 @@ class VideoGenerator:
         if sigmas is None:
             sigmas = get_sigmas(steps or self.defaults.num_inference_steps, self.defaults.flow_shift)
         guidance = self.defaults.guidance_scale if guidance is None else guidance
-        if not (isinstance(cfg_scale, (int, float)) and 1.0 <= cfg_scale <= MAX_CFG_SCALE):
-            raise ValueError(
-                f"cfg_scale={cfg_scale!r} must be a number in [1, {MAX_CFG_SCALE:g}] (1 = no classifier-free guidance)"
-            )
+        cfg_scale = check_cfg_scale(cfg_scale)
         start = time.perf_counter()
         device = self.pipe._execution_device
         cond = self.backbone.encode_prompts(prompts)
@@ -286,4 +288,5 @@ class VideoGenerator:
             nfe=(len(sigmas) - 1) * (2 if uncond is not None else 1),
             sigmas=[float(s) for s in sigmas],
             latents=lat.detach().float().cpu(),
+            cfg_scale=cfg_scale,
         )

@@ -22,6 +22,7 @@ import numpy as np
 
 from w2svd.data import heldout_examples
 from w2svd.data.dataset import Example, render_examples
+from w2svd.eval.metrics import generate_clips
 
 TAU = 16.0  # grey levels: a pixel moves when it changes by more than this between consecutive frames
 EYE_ROWS = (-0.34, -0.02)  # bands in [-1, 1] image coordinates (top = -1), central columns only
@@ -137,12 +138,8 @@ def samplers(gen) -> list[tuple[str, Callable[[list[str], list[int]], np.ndarray
 def run(gen, examples: list[Example], batch_size: int = 32) -> list[RegionRow]:
     motions = [e.portrait.label("motion") for e in examples]
     rows = [summarise("real clips", render_examples(examples), motions)]
-    prompts, seeds = [e.prompt for e in examples], [e.seed for e in examples]
     for name, fn in samplers(gen):
-        clips = [
-            fn(prompts[i : i + batch_size], seeds[i : i + batch_size]) for i in range(0, len(examples), batch_size)
-        ]
-        rows.append(summarise(name, np.concatenate(clips), motions))
+        rows.append(summarise(name, generate_clips(fn, examples, batch_size), motions))
     return rows
 
 

@@ -212,7 +212,7 @@ def format_confusions(rows: list[ProbeRow]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from w2svd.pipeline import MAX_CFG_SCALE, VideoGenerator
+    from w2svd.pipeline import VideoGenerator, check_cfg_scale
 
     ap = argparse.ArgumentParser(prog="python -m w2svd.eval.probe", description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="embedded", help="base model: 'embedded', a folder or a Hub id")
@@ -232,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if any(s < 1 for s in args.steps):
         ap.error(f"--steps must be positive, got {args.steps}")
-    if not 1.0 <= args.cfg_scale <= MAX_CFG_SCALE:
-        ap.error(f"--cfg-scale must be in [1, {MAX_CFG_SCALE:g}], got {args.cfg_scale}")
+    try:
+        check_cfg_scale(args.cfg_scale, "--cfg-scale")
+    except ValueError as e:
+        ap.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
