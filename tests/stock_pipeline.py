@@ -17,7 +17,7 @@ def stock_few_step_video(base_dir, lora_dir, prompt: str, seed: int, defaults) -
     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
         pipe.scheduler.config, shift=1.0, stochastic_sampling=True
     )
-    torch.manual_seed(seed)  # the scheduler's re-noising draws from the global RNG
+    torch.manual_seed(seed + 1)  # the re-noising draws from the global RNG; w2svd seeds it with seed + 1
     out = pipe(
         prompt=prompt,
         height=defaults.height,

@@ -171,12 +171,24 @@ def test_choose_lora_defaults_to_the_embedded_lora_only_when_it_fits(monkeypatch
 
 
 def test_stats_markdown():
-    few = SideStats("W2SVD - 4 steps", 4, 4, 0.5, 0.25, [1.0, 0.0])
-    base = SideStats("Base - 28 steps", 28, 28, 2.0, 1.75, [1.0, 0.0])
-    assert stats_markdown(base) == "**2.00 s** (1.75 s denoising) · **28 NFE**"
+    few = SideStats("W2SVD - 4 steps", 4, 4, 0.5, 0.25, [1.0, 0.0], 3.5, 5.25)
+    base = SideStats("Base - 28 steps", 28, 28, 2.0, 1.75, [1.0, 0.0], 2.0, 3.0)
+    assert stats_markdown(base) == "**2.00 s** (1.75 s denoising) · **28 NFE** · motion 2.00, flicker 3.00"
     assert stats_markdown(few, base) == (
-        "**0.50 s** (0.25 s denoising) · **4 NFE** · **4.0x faster** than the baseline (7.0x in denoising)"
+        "**0.50 s** (0.25 s denoising) · **4 NFE** · motion 3.50, flicker 5.25 · **4.0x faster** than the baseline "
+        "(7.0x in denoising)"
     )
+
+
+def test_side_stats_measure_the_videos_motion_and_flicker():
+    from w2svd.eval.metrics import freeze, jitter
+    from w2svd.pipeline import GenerationResult
+
+    clips = np.random.default_rng(0).integers(0, 256, (1, 5, 16, 16, 3), dtype=np.uint8)
+    still = SideStats.of("x", GenerationResult(freeze(clips), 1.0, 1.0, 4, [1.0, 0.5, 0.0]))
+    shaky = SideStats.of("x", GenerationResult(jitter(clips, 2), 1.0, 1.0, 4, [1.0, 0.5, 0.0]))
+    assert still.motion == still.flicker == 0.0 and shaky.motion > 10 and shaky.flicker > shaky.motion
+    assert still.steps == 2
 
 
 # ---- video files --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from w2svd.eval.temporal import summarise
 from w2svd.hub import EMBEDDED
 from w2svd.pipeline import GenerationResult, VideoGenerator
 
@@ -176,11 +177,17 @@ class SideStats:
     seconds: float  # end to end: text encoding, denoising, VAE decoding
     denoise_seconds: float
     sigmas: list[float]
+    motion: float  # mean grey-level change between consecutive frames (w2svd.eval.temporal)
+    flicker: float  # mean absolute second difference over time: jitter, not smooth motion
 
     @classmethod
     def of(cls, label: str, result: GenerationResult) -> SideStats:
         steps = len(result.sigmas) - 1  # NFE is twice this under classifier-free guidance
-        return cls(label, steps, result.nfe, result.total_seconds, result.denoise_seconds, result.sigmas)
+        t = summarise(result.frames) if result.frames.shape[1] >= 3 else {"motion": 0.0, "flicker": 0.0}
+        return cls(
+            label, steps, result.nfe, result.total_seconds, result.denoise_seconds, result.sigmas,
+            round(t["motion"], 3), round(t["flicker"], 3),
+        )  # fmt: skip
 
 
 def speedup(few: SideStats, baseline: SideStats | None) -> float | None:
@@ -193,6 +200,7 @@ def speedup(few: SideStats, baseline: SideStats | None) -> float | None:
 def stats_markdown(side: SideStats, baseline: SideStats | None = None) -> str:
     """One line under a video: seconds and NFE; given the baseline, the speed-up over it."""
     text = f"**{side.seconds:.2f} s** ({side.denoise_seconds:.2f} s denoising) · **{side.nfe} NFE**"
+    text += f" · motion {side.motion:.2f}, flicker {side.flicker:.2f}"
     ratio = speedup(side, baseline)
     if ratio is None:
         return text

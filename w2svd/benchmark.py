@@ -20,6 +20,7 @@ from w2svd.data import heldout_examples
 from w2svd.eval import metrics
 from w2svd.eval.features import load_feature_nets
 from w2svd.eval.motion_regions import region_figures
+from w2svd.eval.temporal import ratio, summarise
 from w2svd.pipeline import GENERATOR_META, MAX_CFG_SCALE, VideoGenerator
 
 
@@ -134,7 +135,9 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     gen = None
     if any(r.kind != "real" for r in cfg.rows):
         gen = VideoGenerator.from_pretrained(cfg.base)
-    reference = metrics.embed(metrics.render_examples(metrics.reference_examples(examples)), nets)
+    reference_clips = metrics.render_examples(metrics.reference_examples(examples))
+    reference = metrics.embed(reference_clips, nets)
+    real_temporal = summarise(reference_clips)  # what motion and flicker should be, for these prompts
     results, samples = [], {}
     for row in cfg.rows:
         if row.missing():
@@ -167,17 +170,25 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         samples[row.name] = clips[: cfg.grid.prompts]
         print(f"{row.name}: " + ", ".join(f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float)))
     ref = next((r for r in results if r["name"] == cfg.reference), None)
-    if ref is not None:
-        for r in results:
-            if "denoise_s_per_video" in r:
-                r["speedup_denoise"] = ref["denoise_s_per_video"] / r["denoise_s_per_video"]
-                r["speedup_total"] = ref["total_s_per_video"] / r["total_s_per_video"]
+    for r in results:
+        if "temporal/motion" in r:
+            r["motion_vs_real"] = ratio(r["temporal/motion"], real_temporal["motion"])
+            r["flicker_vs_real"] = ratio(r["temporal/flicker"], real_temporal["flicker"])
+        if ref is None:
+            continue
+        if "temporal/motion" in r:
+            r["motion_vs_base"] = ratio(r["temporal/motion"], ref["temporal/motion"])
+            r["flicker_vs_base"] = ratio(r["temporal/flicker"], ref["temporal/flicker"])
+        if "denoise_s_per_video" in r:
+            r["speedup_denoise"] = ref["denoise_s_per_video"] / r["denoise_s_per_video"]
+            r["speedup_total"] = ref["total_s_per_video"] / r["total_s_per_video"]
     report = {
         "title": cfg.title,
         "command": cfg.command,
         "n": cfg.n,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "reference": cfg.reference,
+        "real_temporal": real_temporal,
         "rows": results,
     }
     write_outputs(cfg, report, samples, examples)
@@ -208,6 +219,7 @@ def score(clips: np.ndarray, examples, reference: metrics.Embedding, nets) -> di
         "fd_clip": metrics.fd_clip(gen_emb, reference, nets),
         **{f"adherence/{k}": v for k, v in adh.items()},
         "motion_region": float(regions["right"].mean()),  # visible and in the prompted face region
+        **{f"temporal/{k}": v for k, v in summarise(clips).items()},
     }
 
 
@@ -222,6 +234,10 @@ COLUMNS = [
     ("adherence/background", "background", "{:.1%}"),
     ("adherence/motion", "motion", "{:.1%}"),
     ("motion_region", "motion in region", "{:.1%}"),
+    ("motion_vs_real", "motion (x real)", "{:.2f}"),
+    ("motion_vs_base", "motion (x base)", "{:.2f}"),
+    ("temporal/face_share", "face share", "{:.1%}"),
+    ("flicker_vs_base", "flicker (x base)", "{:.2f}"),
     ("denoise_s_per_video", "denoise s/video", "{:.3f}"),
     ("total_s_per_video", "total s/video", "{:.3f}"),
     ("speedup_denoise", "speed-up (denoise)", "{:.2f}x"),
@@ -241,8 +257,10 @@ def markdown(report: dict[str, Any]) -> str:
     rows = [r for r in rows if not r.get("missing")]
     lines += [
         f"{report['n']} held-out (prompt, seed) pairs; FD against real clips of the same prompts with other render "
-        f"seeds; machine: {report['machine']}. Speed-ups are relative to `{report['reference']}`, "
-        "measured in this run.",
+        f"seeds; machine: {report['machine']}. Speed-ups, motion (x base) and flicker (x base) are relative to "
+        f"`{report['reference']}`, measured in this run; motion (x real) to the real clips of the same prompts "
+        "(1.00 is right). Motion is the mean grey-level change between consecutive frames, face share its part in "
+        "the eye and mouth bands, flicker the mean second difference (w2svd.eval.temporal).",
         "",
         "| " + " | ".join(c[1] for c in cols) + " |",
         "|" + "---|" * len(cols),

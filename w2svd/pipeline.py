@@ -16,7 +16,7 @@ from diffusers import DiffusionPipeline
 from w2svd.backbones import Backbone, Cond, backbone_for
 from w2svd.hub import resolve
 from w2svd.lora import check_lora_fits, lora_file, read_metadata
-from w2svd.sampling import get_sigmas, sample_euler, sample_renoise
+from w2svd.sampling import SeededRenoise, get_sigmas, sample_euler, sample_renoise, seeded_noise
 
 MAX_SEED = 2**32
 MAX_CFG_SCALE = 30.0  # classifier-free guidance beyond this only saturates
@@ -225,8 +225,7 @@ class VideoGenerator:
     def initial_noise(self, seeds: list[int]) -> torch.Tensor:
         """Per-seed CPU noise, so every device and both samplers start from the same tensor."""
         d = self.defaults
-        shape = self.backbone.latent_shape(d.num_frames, d.height, d.width)
-        return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        return seeded_noise(self.backbone.latent_shape(d.num_frames, d.height, d.width), seeds)
 
     # ---- sampling -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -272,8 +271,7 @@ class VideoGenerator:
 
         t0 = time.perf_counter()
         if renoise:
-            gen = torch.Generator(device=device).manual_seed(seeds[0])
-            lat = sample_renoise(model_fn, noise, sigmas, generator=gen, callback=callback)
+            lat = sample_renoise(model_fn, noise, sigmas, noise_fn=SeededRenoise(seeds), callback=callback)
         else:
             lat = sample_euler(model_fn, noise, sigmas, callback=callback)
         if device.type == "cuda":

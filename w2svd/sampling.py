@@ -12,6 +12,31 @@ import torch
 
 ModelFn = Callable[[torch.Tensor, float], torch.Tensor]
 Callback = Callable[[int, float, torch.Tensor], None]
+NoiseFn = Callable[[torch.Tensor], torch.Tensor]  # x -> standard normal noise shaped like x (the re-noising draws)
+RENOISE_SEED_OFFSET = 1  # a seed's re-noising generator is seeded with (seed + 1) mod 2**32
+
+
+def seeded_noise(shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
+    """(len(seeds), *shape) initial noise, each row from a CPU generator seeded with its seed (device-independent)."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+class SeededRenoise:
+    """Re-noising draws, one CPU generator per sample seeded with ``seed + RENOISE_SEED_OFFSET``.
+
+    A sample's video then depends on its own seed only, never on its batch or its place in it, and no draw repeats
+    the initial noise (training's backward simulation draws fresh noise too). Stock diffusers re-noises one video
+    from the global RNG: ``torch.manual_seed(seed + 1)`` before the call reproduces it on the CPU.
+    """
+
+    def __init__(self, seeds: list[int]) -> None:
+        self.generators = [torch.Generator().manual_seed((int(s) + RENOISE_SEED_OFFSET) % 2**32) for s in seeds]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != len(self.generators):
+            raise ValueError(f"x has {x.shape[0]} samples but the re-noising holds {len(self.generators)} seeds")
+        eps = torch.stack([torch.randn(x.shape[1:], generator=g) for g in self.generators])
+        return eps.to(device=x.device, dtype=x.dtype)
 
 
 def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
@@ -47,20 +72,21 @@ def sample_renoise(
     model_fn: ModelFn,
     noise: torch.Tensor,
     sigmas: torch.Tensor,
-    generator: torch.Generator | None = None,
+    noise_fn: NoiseFn | None = None,
     callback: Callback | None = None,
 ):
     """Few-step sampling that predicts x0 at each sigma and re-noises it to the next one (DMD2 style).
 
-    Matches diffusers' FlowMatchEulerDiscreteScheduler with ``stochastic_sampling=True``.
+    ``noise_fn(x)`` gives the re-noising draws (default ``torch.randn_like``; ``SeededRenoise`` for per-seed
+    videos). Matches diffusers' FlowMatchEulerDiscreteScheduler with ``stochastic_sampling=True``.
     """
+    noise_fn = noise_fn or torch.randn_like
     x = noise
     for i in range(len(sigmas) - 1):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         x0 = x0_from_v(x, s, model_fn(x, s))
         if s_next > 0:
-            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = (1 - s_next) * x0 + s_next * eps
+            x = (1 - s_next) * x0 + s_next * noise_fn(x0)
         else:
             x = x0
         if callback is not None:

@@ -200,7 +200,35 @@ def freeze(clips: np.ndarray) -> np.ndarray:
     return np.repeat(clips[:, :1], clips.shape[1], axis=1)
 
 
-LADDER = (("blur", 0.5), ("blur", 1.0), ("blur", 2.0), ("noise", 16.0), ("noise", 32.0), ("noise", 64.0), ("freeze", 0))
+def jitter(clips: np.ndarray, pixels: int = 1, seed: int = 0) -> np.ndarray:
+    """Every frame shifted by its own random whole-pixel offset in [-pixels, pixels]^2: a wobbling head."""
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(clips)
+    for i in range(clips.shape[0]):
+        for t in range(clips.shape[1]):
+            dy, dx = rng.integers(-pixels, pixels + 1, size=2)
+            out[i, t] = np.roll(clips[i, t], (int(dy), int(dx)), axis=(0, 1))
+    return out
+
+
+LADDER = (
+    ("blur", 0.5), ("blur", 1.0), ("blur", 2.0), ("noise", 16.0), ("noise", 32.0), ("noise", 64.0),
+    ("jitter", 1.0), ("jitter", 2.0), ("freeze", 0),
+)  # fmt: skip
+
+
+def degrade(clips: np.ndarray, name: str, strength: float) -> np.ndarray:
+    """One step of the sanity ladder: ``real`` (unchanged), ``blur``, ``noise``, ``jitter`` (pixels) or ``freeze``."""
+    apply = {
+        "real": lambda c: c,
+        "blur": lambda c: blur(c, strength),
+        "noise": lambda c: add_noise(c, strength),
+        "jitter": lambda c: jitter(c, int(strength)),
+        "freeze": freeze,
+    }
+    if name not in apply:
+        raise ValueError(f"unknown degradation {name!r}; known: {sorted(apply)}")
+    return apply[name](clips)
 
 
 def degradation_ladder(
@@ -211,10 +239,9 @@ def degradation_ladder(
     examples = heldout_examples(n)
     reference = embed(render_examples(reference_examples(examples), NUM_FRAMES, SIZE), nets)
     real = render_examples(examples, NUM_FRAMES, SIZE)
-    apply = {"blur": blur, "noise": add_noise, "freeze": lambda c, _: freeze(c), "real": lambda c, _: c}
     rows = []
     for name, strength in (("real", 0.0), *steps):
-        emb = embed(apply[name](real, strength), nets)
+        emb = embed(degrade(real, name, strength), nets)
         rows.append((name, float(strength), fd_frame(emb, reference), fd_clip(emb, reference)))
     return rows
 

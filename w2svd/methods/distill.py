@@ -30,7 +30,7 @@ from w2svd.methods.base import Method, register
 from w2svd.methods.discriminator import DiscriminatorHead, FeatureTap, discriminator_loss, generator_gan_loss
 from w2svd.methods.roles import FAKE, GENERATOR, REAL, ROLES
 from w2svd.methods.validation import validation_metrics
-from w2svd.sampling import get_sigmas, sample_renoise
+from w2svd.sampling import SeededRenoise, get_sigmas, sample_renoise, seeded_noise
 from w2svd.training import latent_cache, sharding
 from w2svd.training.config import DataConfig
 from w2svd.training.ema import EMA
@@ -405,9 +405,8 @@ def few_step_videos(
     """Decoded videos in [-1, 1] from ``sample_renoise`` with ``velocity_for(cond)``, per-seed CPU noise."""
     cond = backbone.encode_prompts(prompts)
     shape = backbone.latent_shape(data.num_frames, *data.hw)
-    noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-    gen = torch.Generator(device=device).manual_seed(seeds[0])
-    lat = sample_renoise(velocity_for(cond), noise.to(device), sigmas, generator=gen)
+    noise = seeded_noise(shape, seeds).to(device)
+    lat = sample_renoise(velocity_for(cond), noise, sigmas, noise_fn=SeededRenoise(seeds))
     return backbone.decode_latents(lat)
 
 

@@ -24,7 +24,7 @@ from w2svd.data import PortraitDataset
 from w2svd.losses import FlowMatchingLoss, NoiseLevels
 from w2svd.methods.base import Method, register
 from w2svd.models.text import build_clip_tokenizer, build_llama_tokenizer, build_text_encoders, caption_corpus
-from w2svd.sampling import get_sigmas, sample_euler
+from w2svd.sampling import get_sigmas, sample_euler, seeded_noise
 from w2svd.training import latent_cache
 from w2svd.training.ema import EMA
 
@@ -154,7 +154,7 @@ class FlowMatchingMethod(Method):
         d = self.train_cfg.data
         cond = self.backbone.encode_prompts(prompts)
         shape = self.backbone.latent_shape(d.num_frames, d.size, d.size)
-        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        noise = seeded_noise(shape, seeds)
         sigmas = get_sigmas(steps, self.cfg.shift)
         lat = sample_euler(lambda x, s: self.backbone.velocity(x, s, cond), noise.to(self.device), sigmas)
         return self.backbone.decode_latents(lat)
