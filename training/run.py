@@ -13,7 +13,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 from w2svd.config import ConfigError, load_config  # noqa: E402
+from w2svd.training.checkpoint import CheckpointError  # noqa: E402
 from w2svd.training.config import TrainConfig  # noqa: E402
+from w2svd.training.run_folder import RunLockedError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="key=value overrides (values parsed as YAML)")
     ap.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ap.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume a run with changed training settings (the old config is kept in config-history/)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -37,10 +44,13 @@ def main(argv: list[str] | None = None) -> int:
             resolved["method"] = {"name": cfg.method["name"], **dataclasses.asdict(method_cfg)}
             print(yaml.safe_dump(resolved, sort_keys=False))
             return 0
-        out = train(cfg, progress=not args.no_progress)
+        out = train(cfg, progress=not args.no_progress, allow_config_change=args.allow_config_change)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except (RunLockedError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"done: outputs in {out}")
     return 0
 

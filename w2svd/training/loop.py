@@ -6,7 +6,7 @@ global batch, gradients are averaged over processes before clipping, and only th
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import logging
 import math
@@ -17,7 +17,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
@@ -27,6 +26,7 @@ from w2svd.methods import METHODS, Method
 from w2svd.training import sharding
 from w2svd.training.checkpoint import load_latest, save_checkpoint, set_rng_state
 from w2svd.training.config import OptimConfig, TrainConfig
+from w2svd.training.run_folder import RunLock, check_output_dir, record_config
 
 log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_SKIPS = 10  # with skip_nonfinite, more consecutive steps with a skipped update stop the run
@@ -62,28 +62,6 @@ def lr_lambda(optim: OptimConfig, max_steps: int):
         return 1.0
 
     return f
-
-
-def check_output_dir(out: Path) -> None:
-    """Fail before any work if the run folder cannot be written."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"  # one per process: every rank checks before any collective
-        probe.write_bytes(b"0" * 4096)
-        probe.unlink()
-    except OSError as e:
-        raise OSError(f"output_dir {str(out)!r} is not writable ({e}); choose another with output_dir=PATH") from e
-
-
-def write_resolved_config(cfg: TrainConfig, out: Path) -> None:
-    path = out / "config.yaml"
-    text = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
-    if path.is_file() and path.read_text() != text:
-        log.warning(
-            "config differs from the one this run folder was started with; saving the old one as config.prev.yaml"
-        )
-        path.replace(out / "config.prev.yaml")
-    path.write_text(text)
 
 
 def shard_for(batch_size: int, num_processes: int, process_index: int) -> slice:
@@ -148,10 +126,22 @@ def mean_over_processes(x: torch.Tensor, num_processes: int) -> float:
     return float(t) / num_processes
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> Path:
-    """Train (or resume) the run in ``cfg.output_dir``; export the method's artifact there; return the folder."""
+def train(cfg: TrainConfig, progress: bool = True, allow_config_change: bool = False) -> Path:
+    """Train (or resume) the run in ``cfg.output_dir``; export the method's artifact there; return the folder.
+
+    The main process holds the folder's lock for the whole run and refuses to resume with changed training
+    settings unless ``allow_config_change`` (``run_folder.record_config``).
+    """
     out = Path(cfg.output_dir)
     check_output_dir(out)
+    main_launch = os.environ.get("RANK", "0") == "0"  # torchrun / accelerate set RANK on every process
+    with RunLock(out) if main_launch else contextlib.nullcontext():
+        if main_launch:
+            record_config(cfg, out, allow_config_change)
+        return _train(cfg, out, progress)
+
+
+def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     launched = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
@@ -185,8 +175,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         units = sharding.shard_modules(sharded_modules, fsdp["classes"], fsdp["reshard_after_forward"])
         method.rebind_parameters()
         log.info("FSDP: %d modules sharded in %d units over %d processes", len(sharded_modules), units, world)
-    if main:
-        write_resolved_config(cfg, out)
     groups = method.param_groups()
     optimizers, schedulers = {}, {}
     for phase, (params, lr) in groups.items():
