@@ -133,3 +133,51 @@ def test_a_write_error_names_the_step_and_the_disk(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=r"step 3 to .*No space left on device.*MiB free"):
         save_checkpoint(tmp_path, 3, {"w": torch.ones(2)}, {}, limit=2)
     assert list(tmp_path.iterdir()) == []  # no half-written folder left behind
+
+
+# ---- configs: --dry-run refuses what the run would refuse ------------------------------------------------------
+@pytest.fixture(scope="module")
+def run_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_script", Path(__file__).parents[1] / "training" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("threads=-1", "config.threads=-1 must be >= 0"),
+        ("method.generator_rank=0", "method.generator_rank=0 must be >= 1"),
+        ("method.fake_lora_alpha=0", "method.fake_lora_alpha=0.0 must be > 0"),
+        ("optim.eps=0", "optim.eps=0.0 must be > 0"),
+        ("optim.betas=[0.9,1.0]", r"optim.betas=\[0.9, 1.0\] must both be in \[0, 1\)"),
+        ("validate_every=-1", "config.validate_every=-1 must be >= 0"),
+        ("output_dir=", "config.output_dir='' must be a non-empty string"),
+        ("output_dir='  '", "config.output_dir='  ' must be a non-empty string"),
+        ("method.real_cfg_scale=0.5", r"method.real_cfg_scale=0.5 must be in \[1, 30\]"),
+        ("method.dm_s_min=0.99", "method.dm_s_min=0.99 must be below method.dm_s_max=0.98"),
+        ("method.noise_shift=0", "method.noise_shift=0.0 must be > 0"),
+    ],
+)
+def test_dry_run_refuses_bad_values(run_script, capsys, override, message):
+    config = Path(__file__).parents[1] / "training" / "configs" / "embedded_w2svd.yaml"
+    assert run_script.main(["--config", str(config), "--dry-run", override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("config error: ") and __import__("re").search(message, err), err
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    from w2svd.config import load_config
+    from w2svd.training.config import TrainConfig
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 12)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\nmethod: {name: vae}\noutput_dir: *a11\n")
+    with pytest.raises(ConfigError, match=r"YAML alias \*a0 at line 2: aliases and merge keys are not allowed"):
+        load_config(TrainConfig, bomb)
+    with pytest.raises(ConfigError, match="alias"):
+        load_config(TrainConfig, None, ["method={name: vae}", "output_dir=[&x a, *x]"])

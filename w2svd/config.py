@@ -18,6 +18,41 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema; the message names the fix."""
 
 
+# Value rules for ``check_values``: (predicate, what the value must be)
+POSITIVE = (lambda v: v > 0, "> 0")
+NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+AT_LEAST_ONE = (lambda v: v >= 1, ">= 1")
+UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
+NON_EMPTY = (lambda v: bool(str(v).strip()), "a non-empty string")
+
+
+def check_values(obj: Any, where: str, **rules: tuple) -> None:
+    """ConfigError naming the first field of ``obj`` that breaks its rule, e.g. ``rank=AT_LEAST_ONE``."""
+    for name, (ok, what) in rules.items():
+        value = getattr(obj, name)
+        if not ok(value):
+            raise ConfigError(f"{where}.{name}={value!r} must be {what}")
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader without anchors and aliases: configs never need them, and nested aliases can expand exponentially
+    (a 'billion laughs' file of a few hundred bytes)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(
+                f"YAML alias *{event.anchor} at line {event.start_mark.line + 1}: aliases and merge keys are not "
+                "allowed in configs; write the values out"
+            )
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses aliases (ConfigError) and so runs in time linear in the text."""
+    return yaml.load(text, Loader=_NoAliasLoader)
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -113,7 +148,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. max_steps=100)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = safe_yaml(raw) if raw != "" else ""
         except yaml.YAMLError as e:
             problem = str(e).splitlines()[0]
             raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem}); quote it") from e
@@ -138,7 +173,7 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = safe_yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
         if not isinstance(data, dict):

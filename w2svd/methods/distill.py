@@ -23,13 +23,14 @@ import numpy as np
 import torch
 
 from w2svd.backbones import Backbone, Cond, backbone_for
-from w2svd.config import ConfigError
+from w2svd.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, check_values
 from w2svd.data import PortraitDataset
 from w2svd.losses import DistributionMatchingLoss, FlowMatchingLoss, NoiseLevels, SampleNoise, VelocityFn
 from w2svd.methods.base import Method, register
 from w2svd.methods.discriminator import DiscriminatorHead, FeatureTap, discriminator_loss, generator_gan_loss
 from w2svd.methods.roles import FAKE, GENERATOR, REAL, ROLES
 from w2svd.methods.validation import validation_metrics
+from w2svd.pipeline import MAX_CFG_SCALE
 from w2svd.sampling import SeededRenoise, get_sigmas, sample_renoise, seeded_noise
 from w2svd.training import latent_cache, sharding
 from w2svd.training.config import DataConfig
@@ -78,6 +79,14 @@ class DistillConfig:
     val_metrics_n: int = 0  # held-out pairs scored at each validation (FD, adherence); needs 9 frames of 64x64
 
     def validate(self) -> None:
+        check_values(
+            self, "method", generator_rank=AT_LEAST_ONE, fake_rank=AT_LEAST_ONE, generator_lora_alpha=POSITIVE,
+            fake_lora_alpha=POSITIVE, generator_lr=POSITIVE, fake_lr=POSITIVE, generator_shift=POSITIVE,
+            noise_shift=POSITIVE, cache_clips=AT_LEAST_ONE, val_prompts=NON_NEGATIVE, dm_s_min=UNIT, dm_s_max=UNIT,
+        )  # fmt: skip
+        if self.dm_s_min >= self.dm_s_max:
+            raise ConfigError(f"method.dm_s_min={self.dm_s_min} must be below method.dm_s_max={self.dm_s_max}")
+        check_values(self, "method", real_cfg_scale=(lambda v: 1 <= v <= MAX_CFG_SCALE, f"in [1, {MAX_CFG_SCALE:g}]"))
         if not 0.0 <= self.alpha_weak <= 1.0:
             raise ConfigError(f"method.alpha_weak={self.alpha_weak} must be in [0, 1] (0 is vanilla DMD)")
         if self.roles not in ROLES:

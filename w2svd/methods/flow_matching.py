@@ -19,7 +19,7 @@ from diffusers import (
 )
 
 from w2svd.backbones import backbone_for
-from w2svd.config import ConfigError
+from w2svd.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, ConfigError, check_values
 from w2svd.data import PortraitDataset
 from w2svd.losses import FlowMatchingLoss, NoiseLevels
 from w2svd.methods.base import Method, register
@@ -55,6 +55,9 @@ class FlowMatchingConfig:
             raise ConfigError("method.transformer (model kwargs) is required when no `base` pipeline is given")
         if self.export_dtype not in ("float16", "bfloat16", "float32"):
             raise ConfigError(f"method.export_dtype={self.export_dtype!r} must be float16, bfloat16 or float32")
+        check_values(
+            self, "method", shift=POSITIVE, cache_clips=AT_LEAST_ONE, val_prompts=NON_NEGATIVE, val_steps=AT_LEAST_ONE
+        )
         if not 0 <= self.caption_dropout < 1:
             raise ConfigError(f"method.caption_dropout={self.caption_dropout} must be in [0, 1)")
 

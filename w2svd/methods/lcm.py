@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from w2svd.backbones import Cond, backbone_for
-from w2svd.config import ConfigError
+from w2svd.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, ConfigError, check_values
 from w2svd.data import PortraitDataset
 from w2svd.lora import lora_config, save_lora
 from w2svd.losses import consistency_distance, consistency_target
@@ -56,6 +56,10 @@ class LCMConfig:
     val_metrics_n: int = 0  # held-out pairs scored at each validation (FD, adherence); needs 9 frames of 64x64
 
     def validate(self) -> None:
+        check_values(
+            self, "method", rank=AT_LEAST_ONE, lora_alpha=POSITIVE, lr=POSITIVE, teacher_shift=POSITIVE,
+            huber_c=POSITIVE, cache_clips=AT_LEAST_ONE, val_prompts=NON_NEGATIVE,
+        )  # fmt: skip
         if self.teacher_steps < 1 or not 1 <= self.skip <= self.teacher_steps:
             raise ConfigError(
                 f"method.teacher_steps={self.teacher_steps}, method.skip={self.skip}: need 1 <= skip <= teacher_steps"

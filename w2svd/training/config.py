@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from w2svd.config import ConfigError
+from w2svd.config import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, check_values
 
 
 @dataclasses.dataclass
@@ -22,8 +22,12 @@ class OptimConfig:
     def validate(self) -> None:
         if self.schedule not in ("constant", "cosine"):
             raise ConfigError(f"optim.schedule={self.schedule!r} must be 'constant' or 'cosine'")
-        if self.lr <= 0:
-            raise ConfigError(f"optim.lr={self.lr} must be > 0")
+        check_values(
+            self, "optim", lr=POSITIVE, eps=POSITIVE, weight_decay=NON_NEGATIVE, grad_clip=NON_NEGATIVE,
+            warmup_steps=NON_NEGATIVE, min_lr_ratio=UNIT,
+        )  # fmt: skip
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas={list(self.betas)} must both be in [0, 1)")
 
 
 @dataclasses.dataclass
@@ -75,9 +79,10 @@ class TrainConfig:
             raise ConfigError("config.method needs a 'name' (e.g. method: {name: vae})")
         if not isinstance(self.method["name"], str):
             raise ConfigError(f"config.method.name={self.method['name']!r} must be a method name, e.g. vae")
-        for key in ("max_steps", "batch_size", "checkpoint_every", "log_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"config.{key}={getattr(self, key)} must be >= 1")
+        check_values(
+            self, "config", max_steps=AT_LEAST_ONE, batch_size=AT_LEAST_ONE, checkpoint_every=AT_LEAST_ONE,
+            log_every=AT_LEAST_ONE, validate_every=NON_NEGATIVE, threads=NON_NEGATIVE, output_dir=NON_EMPTY,
+        )  # fmt: skip
         if self.checkpoints_total_limit < 1:
             raise ConfigError(f"config.checkpoints_total_limit={self.checkpoints_total_limit} must be >= 1")
         if self.dist_timeout_s <= 0:
