@@ -28,7 +28,7 @@ class RunsAShellCommand:
 
 def rewrite_meta(ckpt: Path) -> None:
     """What an attacker does after replacing a file: make meta.json's checksums match again."""
-    files = {p.name: ckpt_mod._sha256(p) for p in sorted(ckpt.iterdir()) if p.name != ckpt_mod.META}
+    files = {p.name: ckpt_mod.sha256_file(p) for p in sorted(ckpt.iterdir()) if p.name != ckpt_mod.META}
     (ckpt / ckpt_mod.META).write_text(json.dumps({"step": 2, "files": files}))
 
 
@@ -181,3 +181,23 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
         load_config(TrainConfig, bomb)
     with pytest.raises(ConfigError, match="alias"):
         load_config(TrainConfig, None, ["method={name: vae}", "output_dir=[&x a, *x]"])
+
+
+def test_a_corrupt_latent_cache_is_moved_aside_and_rebuilt(tmp_path, tiny_pipeline_dir):
+    from diffusers import HunyuanVideoPipeline
+
+    from w2svd.backbones import backbone_for
+    from w2svd.data import PortraitDataset
+    from w2svd.training.latent_cache import load_or_build
+
+    backbone = backbone_for(HunyuanVideoPipeline.from_pretrained(tiny_pipeline_dir))
+    data = PortraitDataset("train", num_frames=5, size=32)
+    first = load_or_build(backbone, data, 4, tmp_path, chunk=4)
+    (path,) = tmp_path.glob("latents-*.safetensors")
+    assert (tmp_path / (path.name + ".sha256")).is_file()
+    with open(path, "r+b") as f:
+        f.seek(-16, 2)
+        f.write(b"\x7f" * 16)  # would train on garbage: fp16 0x7f7f is ~6e4
+    again = load_or_build(backbone, data, 4, tmp_path, chunk=4)
+    assert path.with_suffix(".corrupt").is_file()
+    assert all(torch.equal(first[k], again[k]) for k in first)

@@ -146,7 +146,18 @@ def test_resume_skips_finished_shards(prepared, videos, tiny_pipeline_dir, monke
     shards[0].unlink()
     run(videos, prepared, tiny_pipeline_dir)
     assert all(p.stat().st_mtime_ns == mtimes[p] for p in shards[1:]) and shards[0].is_file()
-    assert (prepared / "index.json").read_text() == index
+
+    def without_digests(text: str) -> dict:
+        data = json.loads(text)
+        for e in data["shards"]:
+            e.pop("sha256")
+        return data
+
+    assert without_digests((prepared / "index.json").read_text()) == without_digests(index)  # the digests follow
+    from w2svd.training.checkpoint import sha256_file
+
+    entries = {e["file"]: e["sha256"] for e in json.loads((prepared / "index.json").read_text())["shards"]}
+    assert entries[shards[0].name] == sha256_file(shards[0])  # the re-encoded shard's own digest
     assert not list(prepared.glob(".tmp-*"))
     with pytest.raises(PrepareError, match="num_frames.*new --out"):
         run(videos, prepared, tiny_pipeline_dir, num_frames=9)
@@ -167,3 +178,19 @@ def test_data_parallel_ranks_split_shards(prepared, videos, tiny_pipeline_dir, t
     for bucket in ("32x32", "32x48"):
         a, b = load_prepared(out, bucket), load_prepared(prepared, bucket)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_corrupt_shard_is_refused_with_the_fix(prepared, tmp_path):
+    import shutil
+
+    from w2svd.prepare import INDEX, PrepareError, load_prepared
+
+    copy = tmp_path / "copy"
+    shutil.copytree(prepared, copy)
+    entry = next(e for e in json.loads((copy / INDEX).read_text())["shards"] if e["clips"])
+    assert len(entry["sha256"]) == 64
+    with open(copy / entry["file"], "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\xff" * 8)  # flipped bytes in the tensor data: safetensors would load them
+    with pytest.raises(PrepareError, match=r"is corrupt \(sha256 differs from index.json\); delete it and re-run"):
+        load_prepared(copy, entry["bucket"])

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from w2svd.data.videos import VideoError, caption_for, find_videos, nearest_bucket, probe, read_captions, read_clip
+from w2svd.training.checkpoint import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +272,14 @@ def write_index(out: Path, shards: list[Shard], skipped: list[dict], settings: d
             missing.append(shard.filename)
             continue
         skipped += header["skipped"]
-        entries.append({"file": shard.filename, "bucket": bucket_name(shard.bucket), "clips": len(header["clips"])})
+        entries.append(
+            {
+                "file": shard.filename,
+                "bucket": bucket_name(shard.bucket),
+                "clips": len(header["clips"]),
+                "sha256": sha256_file(out / shard.filename),
+            }
+        )
     if missing or shard_header(out / EMPTY) is None:
         raise PrepareError(
             f"{len(missing)} shard(s) missing or incomplete in {out} (e.g. {(missing or [EMPTY])[:3]}); "
@@ -320,7 +328,14 @@ def load_prepared(cache_dir: str | Path, bucket: str | None = None) -> dict[str,
         bucket = present[0]
     if bucket not in present:
         raise ValueError(f"bucket {bucket!r} has no clips in {cache_dir}; available: {present}")
-    parts = [load_file(cache_dir / e["file"]) for e in index["shards"] if e["bucket"] == bucket and e["clips"]]
+    entries = [e for e in index["shards"] if e["bucket"] == bucket and e["clips"]]
+    for e in entries:  # folders from before shard digests have none to check
+        if "sha256" in e and sha256_file(cache_dir / e["file"]) != e["sha256"]:
+            raise PrepareError(
+                f"shard {cache_dir / e['file']} is corrupt (sha256 differs from {INDEX}); delete it and re-run "
+                f"training/prepare.py --out {cache_dir} with the same arguments to encode it again"
+            )
+    parts = [load_file(cache_dir / e["file"]) for e in entries]
     length = max(p["embeds"].shape[1] for p in parts)
 
     def pad(t: torch.Tensor) -> torch.Tensor:  # right-pad the text axis to the longest shard

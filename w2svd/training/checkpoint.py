@@ -38,7 +38,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written (disk full, I/O error) or that is refused on load (unsafe content)."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -99,7 +100,7 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, torch.Tensor], sta
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / "trainable.safetensors")
         torch.save({**state, "rng": rng_state(), "step": step}, tmp / "training_state.pt")
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         (tmp / META).write_text(json.dumps({"step": step, "files": files}, indent=1))
         for p in tmp.iterdir():
             with open(p, "rb") as f:
@@ -186,7 +187,7 @@ def verify(ckpt: Path) -> str | None:
         path = ckpt / name
         if not path.is_file():
             return f"{name} missing"
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             return f"{name} is corrupt (checksum mismatch)"
     return None
 

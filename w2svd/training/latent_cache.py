@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from w2svd.backbones import Backbone, Cond
 from w2svd.config import ConfigError
 from w2svd.data import PortraitDataset
+from w2svd.training.checkpoint import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,12 @@ def load_or_build(
     extra = [num_clips, data.split, data.seed, data.num_frames, data.size]
     path = Path(cache_dir) / f"latents-{_fingerprint(backbone, extra)}.safetensors"
     if path.is_file():
-        log.info("using latent cache %s", path)
-        return load_file(path)
+        problem = check_digest(path)
+        if problem is None:
+            log.info("using latent cache %s", path)
+            return load_file(path)
+        log.warning("latent cache %s %s: moved aside to %s and rebuilt", path, problem, path.with_suffix(".corrupt"))
+        path.replace(path.with_suffix(".corrupt"))
     latents, conds = [], []
     for i in tqdm(range(0, num_clips, chunk), desc="caching latents", dynamic_ncols=True):
         items = [data[j] for j in range(i, min(i + chunk, num_clips))]
@@ -72,9 +77,26 @@ def load_or_build(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file(cache, tmp)
+    _digest_path(path).write_text(sha256_file(tmp) + "\n")  # before the rename: a cache never lacks its digest
     tmp.replace(path)
     log.info("wrote latent cache %s (%d clips)", path, num_clips)
     return cache
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def check_digest(path: Path) -> str | None:
+    """None if ``path`` matches its ``.sha256`` file, else what is wrong; a cache from before digests gets one."""
+    digest, actual = _digest_path(path), sha256_file(path)
+    if not digest.is_file():
+        log.warning("latent cache %s has no checksum (written by an older w2svd); recording one now", path)
+        digest.write_text(actual + "\n")
+        return None
+    if digest.read_text().strip() != actual:
+        return "is corrupt (sha256 differs from its .sha256 file)"
+    return None
 
 
 def from_prepared(folder: str | Path, height: int, width: int, num_frames: int) -> dict[str, torch.Tensor]:
