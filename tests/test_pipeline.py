@@ -137,3 +137,73 @@ def test_the_lora_card_names_a_guided_teacher():
     assert "classifier-free guidance" not in lora_card(meta, "base", "lora", size)
     card = lora_card({**meta, "real_cfg_scale": 2.0}, "base", "lora", size)
     assert "Distilled from the base sampled with classifier-free guidance 2" in card
+
+
+# ---- weights validated on load (issue 18) ----------------------------------------------------------------------
+def altered_lora(src, dst, tensors=None, meta=None):
+    """A copy of the LoRA in ``src`` with its tensors and/or w2svd metadata changed by the given functions."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from w2svd.lora import META_KEY, WEIGHT_NAME
+
+    with safe_open(src / WEIGHT_NAME, "pt") as f:
+        header, state = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    state = tensors(state) if tensors else state
+    header[META_KEY] = json.dumps(meta(json.loads(header[META_KEY])) if meta else json.loads(header[META_KEY]))
+    dst.mkdir(parents=True, exist_ok=True)
+    save_file(state, dst / WEIGHT_NAME, metadata=header)
+    return dst
+
+
+def with_nan(state):
+    key = sorted(state)[0]
+    return {**state, key: torch.full_like(state[key], float("nan"))}
+
+
+def half_the_modules(state):
+    modules = sorted({k.split(".lora_")[0] for k in state})
+    return {k: v for k, v in state.items() if k.split(".lora_")[0] in modules[: len(modules) // 2]}
+
+
+def without_a_b_weight(state):
+    return {k: v for i, (k, v) in enumerate(sorted(state.items())) if not (i == 1 and ".lora_B." in k)}
+
+
+def sigmas(values):
+    return lambda m: {**m, "sigmas_by_steps": {"4": values} if values is not None else {}}
+
+
+@pytest.mark.parametrize(
+    ("tensors", "meta", "message"),
+    [
+        (with_nan, None, "holds NaN or infinite values"),
+        (half_the_modules, None, r"is incomplete: \d+ of the \d+ modules its config targets have no weights"),
+        (without_a_b_weight, None, "has no lora_B weight; the file is incomplete"),
+        (None, sigmas(None), "sigmas_by_steps must be a non-empty mapping"),
+        (None, sigmas([0.2, 0.5, 0.7, 0.9, 0.0]), "must be 4 \\+ 1 finite numbers falling strictly from 1.0 to 0.0"),
+        (None, sigmas([1.0, float("nan"), 0.5, 0.2, 0.0]), "falling strictly"),
+        (None, sigmas([1.0, 0.5, 0.0]), "falling strictly"),
+        (None, lambda m: {**m, "default_steps": 7}, r"default_steps=7 is not one of \['4'\]"),
+        (None, lambda m: {**m, "base_model": "org/another-base"}, "was distilled from base 'org/another-base'"),
+    ],
+)
+def test_broken_or_mismatched_loras_are_refused_and_the_loaded_one_stays(
+    gen, lora_dir, tmp_path, tensors, meta, message
+):
+    from w2svd.lora import LoraMismatchError
+
+    before = gen.few_step([PROMPT], [5]).frames
+    bad = altered_lora(lora_dir, tmp_path / "bad", tensors, meta)
+    with pytest.raises(LoraMismatchError, match=message):
+        gen.load_lora(str(bad))
+    assert np.array_equal(gen.few_step([PROMPT], [5]).frames, before)  # nothing changed by the refused load
+
+
+def test_a_lora_whose_base_cannot_be_known_loads_with_a_warning(gen, lora_dir, tmp_path):
+    unknown = altered_lora(lora_dir, tmp_path / "u", meta=lambda m: {k: v for k, v in m.items() if k != "base_model"})
+    with pytest.warns(UserWarning, match="cannot tell whether it was distilled from this base"):
+        gen.load_lora(str(unknown))
+    gen.load_lora(str(lora_dir))

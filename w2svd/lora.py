@@ -105,5 +105,74 @@ def check_lora_fits(transformer, path: str | Path) -> None:
                 )
 
 
+def check_lora_values(path: str | Path) -> None:
+    """Every tensor finite; every module the file's own peft config targets has both its lora_A and lora_B."""
+    path = lora_file(path)
+    with safe_open(path, "pt") as f:
+        keys = set(f.keys())
+        for key in sorted(keys):
+            if not torch.isfinite(f.get_tensor(key)).all():
+                raise LoraMismatchError(f"{path}: {key!r} holds NaN or infinite values; re-export or re-download it")
+    modules = {k.split(".lora_")[0] for k in keys}
+    for module in sorted(modules):
+        for part in ("lora_A", "lora_B"):
+            if f"{module}.{part}.weight" not in keys:
+                raise LoraMismatchError(f"{path}: {module!r} has no {part} weight; the file is incomplete")
+
+
+def lora_peft_config(path: str | Path) -> dict | None:
+    """The peft LoraConfig fields diffusers stored in the file's header, or None (a LoRA trained elsewhere)."""
+    with safe_open(lora_file(path), "pt") as f:
+        header = f.metadata() or {}
+    if LORA_KEY not in header:
+        return None
+    return {k.removeprefix("transformer."): v for k, v in json.loads(header[LORA_KEY]).items()}
+
+
+def check_lora_targets(transformer, path: str | Path, config: dict | None) -> None:
+    """Every module of ``transformer`` that the LoRA's recorded ``target_modules`` match must be in the file."""
+    if not config or not config.get("target_modules"):
+        return
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    path = lora_file(path)
+    with safe_open(path, "pt") as f:
+        present = {k.removeprefix("transformer.").split(".lora_")[0] for k in f.keys()}
+    lc = LoraConfig(target_modules=config["target_modules"], exclude_modules=config.get("exclude_modules"))
+    wanted = [
+        name
+        for name, module in transformer.named_modules()
+        if (isinstance(module, torch.nn.Linear) or hasattr(module, "base_layer"))  # a peft layer once adapted
+        and ".lora_" not in name
+        and ".base_layer" not in name
+        and check_target_module_exists(lc, name)
+    ]
+    missing = [name for name in wanted if name not in present]
+    if missing:
+        raise LoraMismatchError(
+            f"{path} is incomplete: {len(missing)} of the {len(wanted)} modules its config targets have no weights "
+            f"(first: {missing[0]!r}); re-export or re-download it"
+        )
+
+
+def check_sigmas_by_steps(table: Any, where: str, default_steps: Any = None) -> None:
+    """A non-empty {steps: sigmas} table, each list strictly decreasing from 1 to a final 0, ``steps`` + 1 long."""
+    if not isinstance(table, dict) or not table:
+        raise LoraMismatchError(f"{where}: sigmas_by_steps must be a non-empty mapping of step counts to sigma lists")
+    for steps, sigmas in table.items():
+        ok = str(steps).isdigit() and int(steps) >= 1 and isinstance(sigmas, list) and len(sigmas) == int(steps) + 1
+        values = [float(v) for v in sigmas] if ok and all(isinstance(v, (int, float)) for v in sigmas) else []
+        ok = ok and len(values) == len(sigmas) and all(abs(v) < float("inf") for v in values)
+        ok = ok and abs(values[0] - 1.0) < 1e-6 and values[-1] == 0.0
+        ok = ok and all(a > b for a, b in zip(values, values[1:]))
+        if not ok:
+            raise LoraMismatchError(
+                f"{where}: sigmas_by_steps[{steps!r}]={sigmas!r} must be {steps} + 1 finite numbers falling strictly "
+                "from 1.0 to 0.0 (the sampler's noise levels); re-export the generator"
+            )
+    if default_steps is not None and str(default_steps) not in table:
+        raise LoraMismatchError(f"{where}: default_steps={default_steps!r} is not one of {sorted(table)}")
+
+
 def trainable_lora_params(transformer, adapter_name: str) -> list[torch.nn.Parameter]:
     return [p for n, p in transformer.named_parameters() if f".{adapter_name}." in n]

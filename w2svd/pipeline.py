@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,8 +15,17 @@ import torch
 from diffusers import DiffusionPipeline
 
 from w2svd.backbones import Backbone, Cond, backbone_for
-from w2svd.hub import resolve
-from w2svd.lora import check_lora_fits, lora_file, read_metadata
+from w2svd.hub import EMBEDDED, resolve
+from w2svd.lora import (
+    LoraMismatchError,
+    check_lora_fits,
+    check_lora_targets,
+    check_lora_values,
+    check_sigmas_by_steps,
+    lora_file,
+    lora_peft_config,
+    read_metadata,
+)
 from w2svd.sampling import SeededRenoise, get_sigmas, sample_euler, sample_renoise, seeded_noise
 
 MAX_SEED = 2**32
@@ -82,6 +92,14 @@ def load_base(name_or_path: str = "embedded", device: str | None = None, dtype: 
     return pipe, GenerationDefaults.from_folder(folder)
 
 
+def canonical_base(name: str) -> str:
+    """One spelling per base: 'embedded' for the shipped one, absolute paths for folders, Hub ids as they are."""
+    path = Path(name).expanduser()
+    if name == "embedded" or (path.exists() and path.resolve() == EMBEDDED["base"].resolve()):
+        return "embedded"
+    return str(path.resolve()) if path.exists() else name
+
+
 ADAPTER = "w2svd"
 GENERATOR_META = "w2svd_generator.json"  # metadata beside a full distilled transformer (DMD with copies)
 # config entries a full generator transformer must share with the base it samples with
@@ -96,12 +114,14 @@ class VideoGenerator:
         self.backbone: Backbone = backbone_for(pipe)
         self.lora_meta: dict | None = None  # the distilled generator's metadata, set by load_lora/load_transformer
         self.generator_transformer = None  # a full distilled transformer (load_transformer); None: the LoRA
+        self.base_name: str | None = None  # what the base was loaded as ('embedded', a folder, a Hub id); None: unknown
 
     @classmethod
     def from_pretrained(
         cls, base: str = "embedded", lora: str | None = None, device: str | None = None, dtype=None
     ) -> VideoGenerator:
         gen = cls(*load_base(base, device, dtype))
+        gen.base_name = base
         if lora:
             gen.load_lora(lora)
         return gen
@@ -111,9 +131,13 @@ class VideoGenerator:
         """Load a distilled LoRA ('embedded', folder, file or Hub id); return its w2svd metadata."""
         path = lora_file(resolve(name_or_path, "lora"))
         meta = read_metadata(path)
-        if not meta.get("sigmas_by_steps"):
+        if not meta:
             raise ValueError(f"{path} has no w2svd metadata (sigmas_by_steps); was it exported by w2svd?")
+        check_sigmas_by_steps(meta.get("sigmas_by_steps"), str(path), meta.get("default_steps"))
         check_lora_fits(self.pipe.transformer, path)
+        check_lora_values(path)
+        check_lora_targets(self.pipe.transformer, path, lora_peft_config(path))
+        self.check_base(meta, str(path))
         self._drop_generator()
         self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER, use_safetensors=True)
         self.lora_meta = meta
@@ -134,8 +158,13 @@ class VideoGenerator:
         meta = json.loads(meta_path.read_text())
         if not meta.get("sigmas_by_steps"):
             raise ValueError(f"{meta_path} has no sigmas_by_steps; was it exported by w2svd?")
+        check_sigmas_by_steps(meta["sigmas_by_steps"], str(meta_path), meta.get("default_steps"))
+        self.check_base(meta, str(folder))
         base = self.pipe.transformer
         transformer = type(base).from_pretrained(folder, dtype=base.dtype, use_safetensors=True).to(base.device).eval()
+        bad = next((n for n, p in transformer.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            raise ValueError(f"{folder}: {bad!r} holds NaN or infinite values; re-export the distilled transformer")
         for key in SHARED_CONFIG:
             if transformer.config.get(key) != base.config.get(key):
                 raise ValueError(
@@ -145,6 +174,22 @@ class VideoGenerator:
         self._drop_generator()
         self.generator_transformer, self.lora_meta = transformer, meta
         return meta
+
+    def check_base(self, meta: dict, where: str) -> None:
+        """LoraMismatchError when the generator names another base than the loaded one; a warning if unknown."""
+        wanted, loaded = meta.get("base_model"), self.base_name
+        if not wanted or loaded is None or wanted == "random-tiny":
+            warnings.warn(
+                f"{where}: cannot tell whether it was distilled from this base (it names {wanted!r}, the loaded base "
+                f"is {loaded!r}); check that they match",
+                stacklevel=3,
+            )
+            return
+        if canonical_base(wanted) != canonical_base(loaded):
+            raise LoraMismatchError(
+                f"{where} was distilled from base {wanted!r} but the loaded base is {loaded!r}: its videos would be "
+                f"wrong. Load it with base {wanted!r} (app: --base {wanted})"
+            )
 
     def _drop_generator(self) -> None:
         """Forget the loaded distilled generator (LoRA adapter or full transformer)."""
