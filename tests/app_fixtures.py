@@ -18,7 +18,6 @@ TINY_LORA_META = {
     "default_steps": 4,
     "guidance_scale": 1.0,
     "renoise": True,
-    "base_model": "tiny",
 }
 
 
@@ -36,7 +35,8 @@ def export_tiny_lora(pipeline_dir: Path, out_dir: Path, seed: int = 1) -> Path:
         for name, p in transformer.named_parameters():
             if "lora_B" in name:
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-    save_lora(transformer, "generator", out_dir, TINY_LORA_META, HunyuanVideoPipeline)
+    meta = {**TINY_LORA_META, "base_model": str(pipeline_dir)}  # the base it is loaded into (checked on load)
+    save_lora(transformer, "generator", out_dir, meta, HunyuanVideoPipeline)
     return out_dir
 
 

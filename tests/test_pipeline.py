@@ -187,7 +187,7 @@ def sigmas(values):
         (None, sigmas([1.0, float("nan"), 0.5, 0.2, 0.0]), "falling strictly"),
         (None, sigmas([1.0, 0.5, 0.0]), "falling strictly"),
         (None, lambda m: {**m, "default_steps": 7}, r"default_steps=7 is not one of \['4'\]"),
-        (None, lambda m: {**m, "base_model": "org/another-base"}, "was distilled from base 'org/another-base'"),
+        (None, lambda m: {**m, "base_model": "embedded"}, "was distilled from base 'embedded' but the loaded base is"),
     ],
 )
 def test_broken_or_mismatched_loras_are_refused_and_the_loaded_one_stays(
@@ -202,8 +202,46 @@ def test_broken_or_mismatched_loras_are_refused_and_the_loaded_one_stays(
     assert np.array_equal(gen.few_step([PROMPT], [5]).frames, before)  # nothing changed by the refused load
 
 
-def test_a_lora_whose_base_cannot_be_known_loads_with_a_warning(gen, lora_dir, tmp_path):
-    unknown = altered_lora(lora_dir, tmp_path / "u", meta=lambda m: {k: v for k, v in m.items() if k != "base_model"})
+@pytest.mark.parametrize("base", [None, "org/some-base", "/elsewhere/a-copy-of-the-base"])
+def test_a_lora_whose_base_cannot_be_known_loads_with_a_warning(gen, lora_dir, tmp_path, base):
+    def named(m):
+        return {k: v for k, v in m.items() if k != "base_model"} | ({"base_model": base} if base else {})
+
     with pytest.warns(UserWarning, match="cannot tell whether it was distilled from this base"):
-        gen.load_lora(str(unknown))
+        gen.load_lora(str(altered_lora(lora_dir, tmp_path / "u", meta=named)))
     gen.load_lora(str(lora_dir))
+
+
+def test_two_different_hub_bases_are_a_mismatch():
+    from w2svd.lora import LoraMismatchError
+
+    g = VideoGenerator.__new__(VideoGenerator)
+    g.base_name = "org/base-b"
+    with pytest.raises(LoraMismatchError, match="distilled from base 'org/base-a'"):
+        g.check_base({"base_model": "org/base-a"}, "x.safetensors")
+    g.check_base({"base_model": "org/base-b"}, "x.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"num_frames": 10}, r"num_frames=10 must be 4k \+ 1"),
+        ({"height": 0}, "height=0 must be a whole number >= 1"),
+        ({"width": 64.5}, "width=64.5 must be a whole number"),
+        ({"num_inference_steps": "28"}, "num_inference_steps='28' must be a whole number"),
+        ({"flow_shift": -1}, "flow_shift=-1 must be a number > 0"),
+        ({"guidance_scale": True}, "guidance_scale=True must be a number > 0"),
+        ({"num_inference_step": 4}, r"unknown setting\(s\) \['num_inference_step'\]; valid: \["),
+    ],
+)
+def test_bad_generation_defaults_are_named_with_their_file(tmp_path, data, message):
+    import json
+
+    from w2svd.pipeline import GenerationDefaults
+
+    (tmp_path / "generation_defaults.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=f"generation_defaults.json: {message}"):
+        GenerationDefaults.from_folder(tmp_path)
+    (tmp_path / "generation_defaults.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        GenerationDefaults.from_folder(tmp_path)

@@ -58,14 +58,44 @@ class GenerationDefaults:
 
     @classmethod
     def from_folder(cls, folder: Path) -> GenerationDefaults:
+        """The folder's ``generation_defaults.json`` (every value checked), or the HunyuanVideo defaults."""
         path = Path(folder) / "generation_defaults.json"
         if not path.is_file():
             return cls()
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); fix or delete it") from e
         known = {f.name for f in dataclasses.fields(cls)}
-        defaults = cls(**{k: v for k, v in data.items() if k in known})
-        check_cfg_scale(defaults.true_cfg_scale, f"{path}: true_cfg_scale")
+        if not isinstance(data, dict) or set(data) - known:
+            extra = sorted(set(data) - known) if isinstance(data, dict) else data
+            raise ValueError(f"{path}: unknown setting(s) {extra!r}; valid: {sorted(known)}")
+        defaults = cls(**data)
+        defaults.check(str(path))
         return defaults
+
+    def check(self, where: str) -> None:
+        """ValueError naming ``where`` and the first value a sampler could not use."""
+
+        def whole(v, lo):
+            return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+        def number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")
+
+        rules = {
+            "height": (whole(self.height, 1), "a whole number >= 1"),
+            "width": (whole(self.width, 1), "a whole number >= 1"),
+            "num_frames": (whole(self.num_frames, 1) and (self.num_frames - 1) % 4 == 0, "4k + 1 (1, 5, 9, ...)"),
+            "fps": (whole(self.fps, 1), "a whole number >= 1"),
+            "num_inference_steps": (whole(self.num_inference_steps, 1), "a whole number >= 1"),
+            "guidance_scale": (number(self.guidance_scale), "a number > 0"),
+            "flow_shift": (number(self.flow_shift), "a number > 0"),
+        }
+        for key, (ok, what) in rules.items():
+            if not ok:
+                raise ValueError(f"{where}: {key}={getattr(self, key)!r} must be {what}")
+        check_cfg_scale(self.true_cfg_scale, f"{where}: true_cfg_scale")
 
 
 @dataclasses.dataclass
@@ -176,20 +206,26 @@ class VideoGenerator:
         return meta
 
     def check_base(self, meta: dict, where: str) -> None:
-        """LoraMismatchError when the generator names another base than the loaded one; a warning if unknown."""
+        """LoraMismatchError when the generator was distilled from another base; a warning when that is unsure.
+
+        Certainly another base: the shipped embedded one against anything else, or two different Hub ids. A local
+        folder against a Hub id or another folder may be a copy of it, so that only warns.
+        """
         wanted, loaded = meta.get("base_model"), self.base_name
-        if not wanted or loaded is None or wanted == "random-tiny":
-            warnings.warn(
-                f"{where}: cannot tell whether it was distilled from this base (it names {wanted!r}, the loaded base "
-                f"is {loaded!r}); check that they match",
-                stacklevel=3,
-            )
+        unknown = not wanted or loaded is None or wanted == "random-tiny"
+        a, b = ("", "") if unknown else (canonical_base(wanted), canonical_base(loaded))
+        if not unknown and a == b:
             return
-        if canonical_base(wanted) != canonical_base(loaded):
+        if not unknown and ("embedded" in (a, b) or not (Path(a).is_absolute() or Path(b).is_absolute())):
             raise LoraMismatchError(
                 f"{where} was distilled from base {wanted!r} but the loaded base is {loaded!r}: its videos would be "
                 f"wrong. Load it with base {wanted!r} (app: --base {wanted})"
             )
+        warnings.warn(
+            f"{where}: cannot tell whether it was distilled from this base (it names {wanted!r}, the loaded base "
+            f"is {loaded!r}); check that they match",
+            stacklevel=3,
+        )
 
     def _drop_generator(self) -> None:
         """Forget the loaded distilled generator (LoRA adapter or full transformer)."""
