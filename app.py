@@ -3,10 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number > 0")
+    return value
+
+
+def device_name(text: str) -> str:
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (e.g. cuda, cuda:1, cpu)") from None
+    return text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,11 +56,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="W2SVD LoRA: 'embedded', a folder, a .safetensors file, a Hub repo id, or 'none' (env W2SVD_LORA; "
         "default: the embedded LoRA when the base is embedded and the LoRA has shipped, else none)",
     )
-    p.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
-    p.add_argument("--cpu-offload", action="store_true", help="CUDA only: diffusers model CPU offload (less memory)")
-    p.add_argument("--max-videos", type=int, default=64, help="mp4 files kept in the app's temp folder (default 64)")
     p.add_argument(
-        "--seconds-per-step", type=float, default=3.0, help="ZeroGPU lease estimate per sampling step (default 3)"
+        "--device",
+        type=device_name,
+        default=None,
+        help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)",
+    )
+    p.add_argument("--cpu-offload", action="store_true", help="CUDA only: diffusers model CPU offload (less memory)")
+    p.add_argument(
+        "--max-videos", type=positive_int, default=64, help="mp4 files kept in the app's temp folder (default 64)"
+    )
+    p.add_argument(
+        "--seconds-per-step",
+        type=positive_float,
+        default=3.0,
+        help="ZeroGPU lease estimate per sampling step (default 3)",
     )
     return p.parse_args(argv)
 
@@ -41,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from w2svd.app_utils import LoadError, VideoStore, choose_lora, load_generator, on_zero_gpu
-    from w2svd.demo import CSS, DemoHandlers, build_blocks
+    from w2svd.demo import CSS, MAX_UPLOAD, DemoHandlers, build_blocks
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     lora, no_lora_reason = choose_lora(args.base, args.lora)
@@ -51,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"app.py: error: {e}")
     if lora is None:
         print(f"app.py: no W2SVD LoRA loaded ({no_lora_reason}); the few-step side is plain Euler on the base")
+    # SIGTERM (docker stop, a Space restart) unwinds like Ctrl-C, so the temporary folder below is removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with tempfile.TemporaryDirectory(prefix="w2svd-app-") as tmp:
         # Lazily cached examples live as long as this process, so they never outlive the models that made them.
         os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(Path(tmp) / "examples"))
@@ -64,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         if not on_zero_gpu():  # on ZeroGPU there is no GPU outside a request
             handlers.warm_up()
-        build_blocks(handlers).launch(css=CSS, allowed_paths=[tmp], show_error=True)
+        build_blocks(handlers).launch(css=CSS, allowed_paths=[tmp], show_error=True, max_file_size=MAX_UPLOAD)
 
 
 if __name__ == "__main__":

@@ -315,3 +315,106 @@ def test_browser_generates_and_plays_both_videos(server, tmp_path):
             page.screenshot(path=str(SCREENSHOT if save else tmp_path / "app_screenshot.png"), full_page=True)
         finally:
             browser.close()
+
+
+# ---- hardening (issue 18): strict API types, bounded prompts, cancellation ------------------------------------
+def test_api_wrong_types_and_values_that_need_rounding_are_named(client):
+    from gradio_client.exceptions import AppError
+
+    for bad, message in [
+        ({"seed": 1.5}, "seed=1.5 must be an integer"),
+        ({"seed": -0.4}, "seed=-0.4 must be an integer"),
+        ({"few_steps": 3.6}, "few_steps=3.6 is not supported"),
+        ({"run_baseline": "false"}, "run_baseline='false' must be true or false"),
+        ({"prompt": 123}, "prompt must be text, got int"),
+        ({"prompt": ["a"]}, "prompt must be text, got list"),
+        ({"prompt": "\x00\x00"}, "control character U+0000 at position 0"),
+        ({"prompt": "\u200b\u200d\ufeff"}, "prompt is empty"),
+        ({"prompt": "a" * 20_000}, "prompt is 20,000 characters long; at most 2,000"),
+    ]:
+        kwargs = {"prompt": PROMPT, "seed": 0, "few_steps": 4, "run_baseline": False, **bad}
+        with pytest.raises(AppError) as error:
+            client.predict(**kwargs, api_name="/generate")
+        assert message in str(error.value), (bad, str(error.value))
+    few, _, stats = client.predict(prompt=PROMPT, seed=2.0, few_steps=4.0, run_baseline=False, api_name="/generate")
+    assert Path(few).is_file() and stats["seed"] == 2  # whole numbers sent as floats need no rounding
+
+
+def test_a_huge_prompt_is_refused_before_the_tokenizer_sees_it(handlers, monkeypatch):
+    calls = []
+    tok = handlers.generator.pipe.tokenizer
+    monkeypatch.setattr(type(tok), "__call__", lambda self, *a, **k: calls.append(1))
+    with pytest.raises(gr.Error, match="characters long"):
+        next(handlers.stream("x" * 5_000_000, 0, False, 4, True, progress=None))
+    assert calls == []
+
+
+def test_a_cancelled_request_stops_sampling_and_the_next_one_starts_at_once(handlers, monkeypatch, tmp_path):
+    """Cancel a /generate job during its baseline: no further model calls, and the queue is free again."""
+    import time
+
+    from app_fixtures import free_port
+    from gradio_client import Client
+
+    from w2svd.demo import build_blocks
+
+    calls: list[float] = []
+    backbone = handlers.generator.backbone
+    velocity = backbone.velocity
+
+    def slow_velocity(*args, **kwargs):
+        calls.append(time.monotonic())
+        time.sleep(0.05)
+        return velocity(*args, **kwargs)
+
+    monkeypatch.setattr(backbone, "velocity", slow_velocity)
+    blocks = build_blocks(handlers)
+    port = free_port()
+    blocks.launch(server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}", verbose=False, download_files=tmp_path)
+        job = client.submit(prompt=PROMPT, seed=0, few_steps=4, run_baseline=True, api_name="/generate")
+        deadline = time.monotonic() + 60
+        while len(calls) < 10 and time.monotonic() < deadline:  # 4 few-step calls, then into the 28-step baseline
+            time.sleep(0.01)
+        job.cancel()
+        time.sleep(0.5)
+        stopped_at = len(calls)
+        time.sleep(1.0)
+        assert len(calls) == stopped_at < 4 + 28  # no model call after the cancellation took effect
+        start = time.monotonic()
+        few, base, _ = client.predict(prompt=PROMPT, seed=1, few_steps=2, run_baseline=False, api_name="/generate")
+        assert Path(few).is_file() and base is None and time.monotonic() - start < 20
+    finally:
+        blocks.close()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--max-videos", "0"], "argument --max-videos: '0' must be a whole number >= 1"),
+        (["--max-videos", "many"], "'many' must be a whole number >= 1"),
+        (["--seconds-per-step", "-3"], "argument --seconds-per-step: '-3' must be a number > 0"),
+        (["--seconds-per-step", "nan"], "'nan' must be a number > 0"),
+        (["--device", "gpu0"], "argument --device: 'gpu0' is not a torch device"),
+    ],
+)
+def test_bad_app_flags_stop_at_start_up_naming_the_flag(capsys, argv, message):
+    spec = importlib.util.spec_from_file_location("app_entry", ROOT / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    with pytest.raises(SystemExit):
+        app.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_sigterm_removes_the_apps_temporary_folder(tiny_pipeline_dir, tiny_lora_dir, tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {"TMPDIR": str(tmp), "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    env["GRADIO_TEMP_DIR"] = str(tmp_path / "gradio")
+    args = ["--base", str(tiny_pipeline_dir), "--lora", str(tiny_lora_dir), "--device", "cpu"]
+    proc, _ = start_app(args, env, tmp_path / "app.log")
+    assert len(list(tmp.glob("w2svd-app-*"))) == 1
+    stop_app(proc)  # SIGTERM
+    assert proc.returncode == 128 + 15 and list(tmp.glob("w2svd-app-*")) == []

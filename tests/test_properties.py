@@ -8,6 +8,7 @@ import dataclasses
 import importlib.util
 import io
 import typing
+import unicodedata
 from pathlib import Path
 
 import gradio as gr
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 from w2svd.app_utils import VideoStore, load_generator
 from w2svd.config import ConfigError, from_dict, load_config
 from w2svd.demo import DemoHandlers
-from w2svd.pipeline import MAX_SEED
+from w2svd.pipeline import MAX_PROMPT_CHARS, MAX_SEED
 from w2svd.training.config import TrainConfig
 from w2svd.training.loop import resolve_method
 
@@ -70,11 +71,18 @@ def test_check_prompt_cleans_the_prompt_or_says_what_is_wrong(handlers, prompt):
     try:
         cleaned = handlers.generator.check_prompt(prompt)
     except ValueError as e:
-        if prompt is None or not prompt.strip():
-            assert "prompt is empty" in str(e)
+        message = str(e)
+        if prompt is None:
+            assert "prompt is empty" in message
+        elif len(prompt) > MAX_PROMPT_CHARS:
+            assert f"prompt is {len(prompt):,} characters long" in message
+        elif any(unicodedata.category(c) == "Cc" and not c.isspace() for c in prompt):
+            assert "control character U+" in message
+        elif not any(not c.isspace() and unicodedata.category(c) != "Cf" for c in prompt):
+            assert "prompt is empty" in message  # only whitespace or invisible format characters
         else:
-            assert f"prompt is {n_tokens(handlers, ' '.join(prompt.split()))} tokens long" in str(e)
-            assert "at most 256" in str(e)
+            assert "over 256 tokens" in message and "at most 256" in message
+            assert n_tokens(handlers, " ".join(prompt.split())) > 256
         return
     assert cleaned == " ".join(prompt.split()) and cleaned
     assert n_tokens(handlers, cleaned) <= 256
@@ -103,8 +111,14 @@ def test_app_validation_names_the_first_bad_input(handlers, prompt, seed, few_st
         clean_prompt, clean_seed, clean_steps = handlers.validate(prompt, seed, few_steps)
     except gr.Error as e:
         message = e.message
-        if not prompt.strip() or n_tokens(handlers, " ".join(prompt.split())) > 256:
-            assert message.startswith("prompt is ")
+        try:  # its own rules are the property of test_check_prompt_cleans_the_prompt_or_says_what_is_wrong
+            handlers.generator.check_prompt(prompt)
+            prompt_ok = True
+        except ValueError:
+            prompt_ok = False
+        seed, few_steps = (int(v) if isinstance(v, float) and v.is_integer() else v for v in (seed, few_steps))
+        if not prompt_ok:
+            assert message.startswith("prompt ")
         elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < MAX_SEED:
             assert f"seed={seed!r}" in message
         else:
@@ -124,7 +138,8 @@ def test_api_returns_a_video_for_the_request_or_a_clear_error(handlers, prompt, 
     try:
         few_path, base_path, stats = handlers.api(prompt, seed, few_steps, False)
     except gr.Error as e:
-        assert any(s in e.message for s in ("prompt is empty", f"seed={seed!r}", f"few_steps={few_steps!r}"))
+        known = ("prompt is empty", "prompt contains the control character", f"seed={seed!r}", f"few_steps={few_steps!r}")
+        assert any(s in e.message for s in known), e.message
         event("rejected")
         return
     event("generated")

@@ -13,13 +13,14 @@ from w2svd.app_utils import (
     SideStats,
     VideoStore,
     display_scale,
+    on_zero_gpu,
     release_memory,
     spaces_gpu,
     stats_dict,
     stats_markdown,
     upscale_nearest,
 )
-from w2svd.pipeline import MAX_SEED, GenerationResult, VideoGenerator
+from w2svd.pipeline import MAX_PROMPT_CHARS, MAX_SEED, GenerationResult, VideoGenerator
 
 FALLBACK_STEPS = (2, 4, 8)  # plain Euler step counts offered when no LoRA is loaded
 FALLBACK_DEFAULT_STEPS = 4
@@ -29,6 +30,37 @@ CSS = "video { image-rendering: pixelated; }"  # keep the nearest-neighbour upsc
 
 # The outputs of the UI handler, in order: seed used, few-step video and stats, baseline video and stats, JSON.
 Outputs = tuple[int, str, str, str | None, str, dict]
+MAX_UPLOAD = "1mb"  # the app takes no files; Gradio's upload route refuses anything larger
+
+
+class Cancelled(Exception):
+    """The request was cancelled or its client went away: sampling stops at the next step."""
+
+
+def as_sent(component: gr.components.Component) -> gr.components.Component:
+    """``component``, handing its value to the handler exactly as the client sent it (no str(), no rounding), so the
+    handler's checks see a wrong type or a fraction instead of a silently coerced value. (An instance attribute:
+    subclassing a component makes Gradio write a .pyi stub next to this module at import.)"""
+    component.preprocess = lambda payload: payload
+    return component
+
+
+def job_alive(blocks: gr.Blocks | None, request: gr.Request | None) -> Callable[[], bool]:
+    """Whether the queue still runs a live job for ``request``'s session.
+
+    Gradio marks a job dead when its client disconnects and drops it when it is cancelled, but a synchronous
+    handler already running goes on; the samplers poll this between steps instead.
+    """
+    session = getattr(request, "session_hash", None)
+    if blocks is None or session is None or on_zero_gpu():  # ZeroGPU runs the sampler in another process
+        return lambda: True
+
+    def alive() -> bool:
+        queue = getattr(blocks, "_queue", None)
+        jobs = [e for batch in getattr(queue, "active_jobs", []) if batch for e in batch if e.session_hash == session]
+        return any(e.alive for e in jobs)
+
+    return alive
 
 
 class DemoHandlers:
@@ -51,6 +83,7 @@ class DemoHandlers:
         self.baseline_steps = d.num_inference_steps
         self.seconds_per_step = seconds_per_step
         self._lock = threading.Lock()  # one pipeline whose adapters the two samplers switch: one job at a time
+        self.blocks: gr.Blocks | None = None  # set by build_blocks: where a request's cancellation is read
         self._few_step_gpu = spaces_gpu(self._few_step, duration=self.gpu_seconds)
         self._baseline_gpu = spaces_gpu(self._baseline, duration=self.baseline_gpu_seconds)
 
@@ -138,8 +171,16 @@ class DemoHandlers:
         )
 
     # ---- input checks -------------------------------------------------------------------------
-    def validate(self, prompt, seed, few_steps) -> tuple[str, int, int]:
-        """(prompt, seed, steps) cleaned, or gr.Error saying which input is wrong and why."""
+    def validate(self, prompt, seed, few_steps, run_baseline=True, randomize=False) -> tuple[str, int, int]:
+        """(prompt, seed, steps) cleaned, or gr.Error saying which input is wrong and why.
+
+        Whole numbers may come as floats (3.0, as JSON clients send them); anything that would need rounding, and
+        any flag that is not a boolean, is an error naming the parameter.
+        """
+        for name, flag in (("run_baseline", run_baseline), ("randomize", randomize)):
+            if not isinstance(flag, bool):
+                raise gr.Error(f"{name}={flag!r} must be true or false", print_exception=False)
+        seed, few_steps = (_whole(v) for v in (seed, few_steps))
         try:
             prompt = self.generator.check_prompt(prompt)
             seed = self.generator.check_seed(seed)
@@ -158,12 +199,12 @@ class DemoHandlers:
         return secrets.randbelow(MAX_SEED)
 
     # ---- GPU work (one spaces.GPU lease per call on ZeroGPU) ------------------------------------
-    def gpu_seconds(self, prompt: str, seed: int, steps: int, progress=None) -> int:
+    def gpu_seconds(self, prompt: str, seed: int, steps: int, progress=None, alive=None) -> int:
         """The GPU lease to ask ZeroGPU for: loading and decoding overhead plus a per-call estimate."""
         guided = not self.has_lora  # the no-LoRA fallback samples as the base does
         return self._lease(steps, guided)
 
-    def baseline_gpu_seconds(self, prompt: str, seed: int, steps: int, progress=None) -> int:
+    def baseline_gpu_seconds(self, prompt: str, seed: int, steps: int, progress=None, alive=None) -> int:
         """As gpu_seconds, for the base's own sampler."""
         return self._lease(steps, guided=True)
 
@@ -171,14 +212,14 @@ class DemoHandlers:
         calls = 2 if guided and self.baseline_cfg != 1.0 else 1  # classifier-free guidance: two calls per step
         return int(30 + self.seconds_per_step * steps * calls)
 
-    def _few_step(self, prompt: str, seed: int, steps: int, progress=None) -> GenerationResult:
-        callback = _progress_callback(progress, steps, self.few_step_label(steps))
+    def _few_step(self, prompt: str, seed: int, steps: int, progress=None, alive=None) -> GenerationResult:
+        callback = _progress_callback(progress, steps, self.few_step_label(steps), alive)
         if self.has_lora:
             return self.generator.few_step([prompt], [seed], steps, callback=callback)
         return self.generator.baseline([prompt], [seed], steps=steps, callback=callback)  # the base's own sampler
 
-    def _baseline(self, prompt: str, seed: int, steps: int, progress=None) -> GenerationResult:
-        callback = _progress_callback(progress, steps, self.baseline_label)
+    def _baseline(self, prompt: str, seed: int, steps: int, progress=None, alive=None) -> GenerationResult:
+        callback = _progress_callback(progress, steps, self.baseline_label, alive)
         return self.generator.baseline([prompt], [seed], steps, callback=callback)
 
     def warm_up(self) -> None:
@@ -193,15 +234,27 @@ class DemoHandlers:
         return str(path)
 
     # ---- handlers -----------------------------------------------------------------------------
-    def stream(self, prompt, seed, randomize, few_steps, run_baseline, progress=gr.Progress()) -> Iterator[Outputs]:
-        """UI handler: yields the few-step video as soon as it is ready, then the baseline (same seed)."""
+    def stream(
+        self, prompt, seed, randomize, few_steps, run_baseline, progress=gr.Progress(), request: gr.Request = None
+    ) -> Iterator[Outputs]:
+        """UI handler: yields the few-step video as soon as it is ready, then the baseline (same seed).
+
+        A cancelled request (or one whose client left) stops sampling at the next step and yields nothing more.
+        """
+        alive = job_alive(self.blocks, request)
+        try:
+            yield from self._stream(prompt, seed, randomize, few_steps, run_baseline, progress, alive)
+        except Cancelled:
+            return
+
+    def _stream(self, prompt, seed, randomize, few_steps, run_baseline, progress, alive) -> Iterator[Outputs]:
+        prompt, seed, steps = self.validate(prompt, seed, few_steps, run_baseline, randomize)
         seed = self.random_seed() if randomize else seed
-        prompt, seed, steps = self.validate(prompt, seed, few_steps)
         models = {"base": self.base_name, "lora": self.lora_name if self.has_lora else None}
         waiting = f"Waiting for {self.few_step_label(steps)}..." if run_baseline else "Baseline not run."
         yield seed, None, f"Sampling {self.few_step_label(steps)}...", None, waiting, {}
         with self._lock:
-            result = self._few_step_gpu(prompt, seed, steps, progress)
+            result = self._few_step_gpu(prompt, seed, steps, progress, alive)
         few, few_path = SideStats.of(self.few_step_label(steps), result), self._video(result, "few")
         stats = stats_dict(prompt, seed, few, None, self.video_format(), models)
         if not run_baseline:
@@ -210,7 +263,7 @@ class DemoHandlers:
             return
         yield seed, few_path, stats_markdown(few), None, f"Running the {self.baseline_steps}-step baseline...", stats
         with self._lock:
-            result = self._baseline_gpu(prompt, seed, self.baseline_steps, progress)
+            result = self._baseline_gpu(prompt, seed, self.baseline_steps, progress, alive)
         base, base_path = SideStats.of(self.baseline_label, result), self._video(result, "base")
         stats = stats_dict(prompt, seed, few, base, self.video_format(), models)
         yield seed, few_path, stats_markdown(few, base), base_path, stats_markdown(base), stats
@@ -220,21 +273,35 @@ class DemoHandlers:
         *_, last = self.stream(prompt, seed, randomize, few_steps, run_baseline, progress=None)
         return last
 
-    def api(self, prompt: str, seed: int, few_steps: int, run_baseline: bool) -> tuple[str, str | None, dict]:
+    def api(
+        self, prompt: str, seed: int, few_steps: int, run_baseline: bool, request: gr.Request = None
+    ) -> tuple[str, str | None, dict]:
         """API handler (/generate): the few-step mp4, the baseline mp4 (None if not run) and the stats."""
-        *_, (_, few_path, _, base_path, _, stats) = self.stream(
-            prompt, seed, False, few_steps, run_baseline, progress=None
-        )
+        try:
+            *_, (_, few_path, _, base_path, _, stats) = self._stream(
+                prompt, seed, False, few_steps, run_baseline, None, job_alive(self.blocks, request)
+            )
+        except Cancelled:
+            raise gr.Error("the request was cancelled", print_exception=False) from None
         return few_path, base_path, stats
 
 
-def _progress_callback(progress, total: int, desc: str) -> Callable | None:
-    """A sampler callback (step, sigma, x) that advances a gr.Progress bar; None without one."""
-    if progress is None:
+def _whole(value):
+    """An integral float (3.0) as an int; anything else unchanged, for the checks to accept or name."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _progress_callback(progress, total: int, desc: str, alive: Callable[[], bool] | None = None) -> Callable | None:
+    """A sampler callback (step, sigma, x): advances a gr.Progress bar and raises Cancelled once ``alive()`` is
+    False; None when there is neither."""
+    if progress is None and alive is None:
         return None
 
     def callback(i: int, sigma: float, x) -> None:
-        progress((i + 1, total), desc=desc)
+        if alive is not None and not alive():
+            raise Cancelled(f"cancelled after step {i + 1} of {total}")
+        if progress is not None:
+            progress((i + 1, total), desc=desc)
 
     return callback
 
@@ -248,15 +315,17 @@ def build_blocks(handlers: DemoHandlers, max_queue: int = 16) -> gr.Blocks:
         with gr.Row(equal_height=True):
             prompt = gr.Textbox(
                 label="Prompt",
+                max_length=MAX_PROMPT_CHARS,
                 lines=1,
                 max_lines=4,
                 placeholder="a woman with long red hair and green eyes, no glasses, smiling against a teal background",
                 scale=5,
                 elem_id="prompt",
             )
+            as_sent(prompt)
             button = gr.Button("Generate", variant="primary", scale=1, elem_id="generate")
         with gr.Row():
-            seed = gr.Number(label="Seed", value=0, precision=0, elem_id="seed")
+            seed = as_sent(gr.Number(label="Seed", value=0, precision=0, elem_id="seed"))
             randomize = gr.Checkbox(label="Randomize seed (the seed used is shown)", value=False)
             few_steps = gr.Radio(h.step_options, value=h.default_steps, label="Few-step count")
             run_baseline = gr.Checkbox(label=f"Also run the {h.baseline_steps}-step baseline", value=True)
@@ -314,15 +383,16 @@ def build_blocks(handlers: DemoHandlers, max_queue: int = 16) -> gr.Blocks:
         # The API (/generate): plain keyword parameters, no UI state; hidden components carry the values.
         with gr.Column(visible=False):
             api_inputs = [
-                gr.Textbox(label="prompt"),
-                gr.Number(label="seed", value=0, precision=0),
-                gr.Number(label="few_steps", value=h.default_steps, precision=0),
-                gr.Checkbox(label="run_baseline", value=True),
+                as_sent(gr.Textbox(label="prompt")),
+                as_sent(gr.Number(label="seed", value=0, precision=0)),
+                as_sent(gr.Number(label="few_steps", value=h.default_steps, precision=0)),
+                as_sent(gr.Checkbox(label="run_baseline", value=True)),
             ]
             api_outputs = [gr.Video(label="few-step video"), gr.Video(label="baseline video"), gr.JSON(label="stats")]
             api_button = gr.Button()
         api_button.click(h.api, api_inputs, api_outputs, api_name="generate", concurrency_limit=1, concurrency_id="gpu")
     blocks.queue(default_concurrency_limit=1, max_size=max_queue)
+    h.blocks = blocks
     return blocks
 
 

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import time
+import unicodedata
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,8 @@ from w2svd.lora import (
 from w2svd.sampling import SeededRenoise, get_sigmas, sample_euler, sample_renoise, seeded_noise
 
 MAX_SEED = 2**32
+MAX_PROMPT_TOKENS = 256  # what the text encoder reads
+MAX_PROMPT_CHARS = 2000  # checked before tokenizing: no caption needs more, and a huge one cannot tie up a worker
 MAX_CFG_SCALE = 30.0  # classifier-free guidance beyond this only saturates
 
 
@@ -286,15 +289,29 @@ class VideoGenerator:
 
     # ---- input checks -------------------------------------------------------------------------
     def check_prompt(self, prompt: str) -> str:
+        """``prompt`` with its whitespace collapsed, or ValueError; bounded before any tokenizer sees it."""
         if prompt is not None and not isinstance(prompt, str):
-            raise ValueError(f"prompt must be text, got {type(prompt).__name__} {prompt!r}")
-        if prompt is None or not prompt.strip():
+            raise ValueError(f"prompt must be text, got {type(prompt).__name__} {str(prompt)[:80]!r}")
+        if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(
+                f"prompt is {len(prompt):,} characters long; at most {MAX_PROMPT_CHARS:,} are accepted (the text "
+                f"encoder reads {MAX_PROMPT_TOKENS} tokens): shorten it"
+            )
+        control = next(
+            (i for i, c in enumerate(prompt or "") if unicodedata.category(c) == "Cc" and not c.isspace()), -1
+        )
+        if control >= 0:
+            raise ValueError(
+                f"prompt contains the control character U+{ord(prompt[control]):04X} at position {control}: remove it"
+            )
+        if prompt is None or not any(not c.isspace() and unicodedata.category(c) != "Cf" for c in prompt):
             raise ValueError("prompt is empty: describe the video, e.g. 'a woman with long red hair talking'")
         prompt = " ".join(prompt.split())
-        tok = self.pipe.tokenizer
-        n = len(tok(prompt).input_ids)
-        if n > 256:
-            raise ValueError(f"prompt is {n} tokens long; the text encoder takes at most 256: shorten it")
+        ids = self.pipe.tokenizer(prompt, truncation=True, max_length=MAX_PROMPT_TOKENS + 1).input_ids
+        if len(ids) > MAX_PROMPT_TOKENS:
+            raise ValueError(
+                f"prompt is over {MAX_PROMPT_TOKENS} tokens; the text encoder takes at most 256: shorten it"
+            )
         return prompt
 
     @staticmethod
