@@ -245,3 +245,20 @@ def test_bad_generation_defaults_are_named_with_their_file(tmp_path, data, messa
     (tmp_path / "generation_defaults.json").write_text("{not json")
     with pytest.raises(ValueError, match="is not valid JSON"):
         GenerationDefaults.from_folder(tmp_path)
+
+
+def test_the_fused_lora_gives_the_same_video_and_the_baseline_stays_bit_exact(gen):
+    """Few-step sampling merges the LoRA; the baseline after any number of switches is the untouched base."""
+    base_before = gen.baseline([PROMPT], [4], steps=3).frames
+    weights = {n: p.detach().clone() for n, p in gen.pipe.transformer.named_parameters() if "lora_" not in n}
+    gen.fuse = False
+    unfused = gen.few_step([PROMPT], [4]).frames
+    gen.fuse = True
+    for _ in range(3):
+        fused = gen.few_step([PROMPT], [4]).frames
+        assert gen._pristine is not None  # merged while sampling few-step
+        assert np.abs(fused.astype(int) - unfused.astype(int)).max() <= 1
+        assert np.array_equal(gen.baseline([PROMPT], [4], steps=3).frames, base_before)
+        assert gen._pristine is None
+    after = dict(gen.pipe.transformer.named_parameters())
+    assert all(torch.equal(after[n], w) for n, w in weights.items())

@@ -138,7 +138,7 @@ def test_api_returns_a_video_for_the_request_or_a_clear_error(handlers, prompt, 
     try:
         few_path, base_path, stats = handlers.api(prompt, seed, few_steps, False)
     except gr.Error as e:
-        known = ("prompt is empty", "prompt contains the control character", f"seed={seed!r}", f"few_steps={few_steps!r}")
+        known = ("prompt is empty", "prompt contains the control", f"seed={seed!r}", f"few_steps={few_steps!r}")
         assert any(s in e.message for s in known), e.message
         event("rejected")
         return

@@ -67,6 +67,7 @@ def load_generator(base: str, lora: str | None, device: str, cpu_offload: bool =
     if cuda:
         generator.pipe.vae.enable_tiling()
         if cpu_offload:
+            generator.fuse = False  # offload hooks move the weights between devices: keep the LoRA unfused
             enable_cpu_offload(generator.pipe, device)
     return generator
 
