@@ -55,3 +55,16 @@ def test_benchmark_config_errors_name_the_problem():
         from_dict(BenchmarkConfig, {"rows": [{"name": "a", "kind": "teacher"}]})
     with pytest.raises(ConfigError, match=r"rows\[a\].cfg_scale=2.0 needs kind=base"):
         from_dict(BenchmarkConfig, {"rows": [{"name": "a", "kind": "lora", "lora": "x", "cfg_scale": 2.0}]})
+
+
+def test_a_run_folder_still_training_is_not_trained_yet(tmp_path):
+    from w2svd.lora import WEIGHT_NAME
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)  # started, nothing exported yet
+    row = Row("w2svd", "lora", lora=str(run), train="python training/run.py ...")
+    assert row.missing()
+    (run / WEIGHT_NAME).write_bytes(b"")
+    assert not row.missing()
+    assert Row("copies", "transformer", path=str(run), train="...").missing()
+    assert not Row("hub", "lora", lora="org/lora").missing()  # nothing to train: a Hub id

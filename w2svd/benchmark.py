@@ -21,6 +21,7 @@ from w2svd.eval import metrics
 from w2svd.eval.features import load_feature_nets
 from w2svd.eval.motion_regions import region_figures
 from w2svd.eval.temporal import ratio, summarise
+from w2svd.lora import WEIGHT_NAME
 from w2svd.pipeline import GENERATOR_META, MAX_CFG_SCALE, VideoGenerator
 
 
@@ -48,9 +49,15 @@ class Row:
             raise ConfigError(f"rows[{self.name}] has kind=transformer but no `path` (the run folder)")
 
     def missing(self) -> bool:
-        """A trained row whose local weights are not there (not trained yet); Hub ids are never 'missing'."""
-        target = self.lora if self.kind == "lora" else self.path if self.kind == "transformer" else ""
-        return bool(target) and bool(self.train) and not Path(target).exists()
+        """A trained row whose weights are not there yet; a run folder that is still training counts as missing."""
+        if not self.train or self.kind not in ("lora", "transformer"):
+            return False
+        target = Path(self.lora if self.kind == "lora" else self.path)
+        if not target.exists():
+            return True
+        if self.kind == "lora":
+            return target.is_dir() and not (target / WEIGHT_NAME).is_file()
+        return not ((target / "config.json").is_file() or (target / "transformer" / "config.json").is_file())
 
 
 @dataclasses.dataclass
