@@ -68,3 +68,18 @@ def test_a_run_folder_still_training_is_not_trained_yet(tmp_path):
     assert not row.missing()
     assert Row("copies", "transformer", path=str(run), train="...").missing()
     assert not Row("hub", "lora", lora="org/lora").missing()  # nothing to train: a Hub id
+
+
+def test_the_sweep_rule_says_helps_hurts_or_neutral():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("judge", Path(__file__).parents[1] / "tools" / "judge_sweep.py")
+    judge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(judge)
+    base = {"fd_clip": 500.0, "fd_frame": 130.0, "motion_vs_real": 1.40, "motion_region": 0.50, "flicker_vs_base": 1.3}
+    assert judge.verdict({**base, "motion_vs_real": 1.2, "motion_region": 0.55}, base)[0] == "helps"
+    assert judge.verdict({**base, "motion_vs_real": 1.2, "flicker_vs_base": 1.2}, base)[0] == "helps"
+    assert judge.verdict({**base, "motion_vs_real": 1.0, "fd_clip": 520.0}, base)[0] == "hurts"  # +4% FD-clip
+    assert judge.verdict({**base, "motion_region": 0.47}, base)[0] == "hurts"
+    assert judge.verdict({**base, "motion_vs_real": 1.38}, base)[0] == "neutral"
