@@ -155,6 +155,8 @@ def test_a_guided_base_is_labelled_with_its_cfg_and_counts_two_calls_per_step(
     assert no_lora.few_step_label(4) == "Base, Euler - 4 steps, CFG 2 (no W2SVD LoRA loaded)"
     *_, (_, _, _, _, _, stats) = no_lora.stream(PROMPT, 3, False, 4, False, progress=None)
     assert stats["few_step"]["steps"] == 4 and stats["few_step"]["nfe"] == 8  # the fallback samples as the base does
+    assert h.step_choice(2) == ("2 steps (2 NFE)", 2) and no_lora.step_choice(4) == ("4 steps (8 NFE)", 4)
+    assert h.step_choice(1) == ("1 step (1 NFE)", 1)
 
 
 def test_choose_lora_defaults_to_the_embedded_lora_only_when_it_fits(monkeypatch, tmp_path):

@@ -262,3 +262,24 @@ def test_the_fused_lora_gives_the_same_video_and_the_baseline_stays_bit_exact(ge
         assert gen._pristine is None
     after = dict(gen.pipe.transformer.named_parameters())
     assert all(torch.equal(after[n], w) for n, w in weights.items())
+
+
+def test_two_loras_each_sample_their_own_step_counts(gen, lora_dir, tmp_path):
+    four = gen.few_step([PROMPT], [6]).frames
+    two_step = altered_lora(
+        lora_dir,
+        tmp_path / "two",
+        tensors=lambda st: {k: 2 * v for k, v in st.items()},
+        meta=lambda m: {**m, "sigmas_by_steps": {"2": [1.0, 0.5, 0.0]}, "default_steps": 2},
+    )
+    try:
+        gen.load_lora(str(two_step), add=True)
+        assert gen.few_step_options == [2, 4] and gen.lora_meta["default_steps"] == 4  # the first one's default
+        res = gen.few_step([PROMPT], [6], steps=2)
+        assert res.nfe == 2 and res.sigmas == [1.0, 0.5, 0.0]
+        assert np.array_equal(gen.few_step([PROMPT], [6]).frames, four)  # 4 steps: still the first LoRA alone
+        with pytest.raises(ValueError, match=r"samples \['2'\] steps, as a LoRA already loaded does"):
+            gen.load_lora(str(two_step), add=True)
+    finally:
+        gen.load_lora(str(lora_dir))  # back to the one LoRA for the other tests
+    assert gen.few_step_options == [4]

@@ -108,6 +108,11 @@ class DemoHandlers:
         default = int(self.generator.lora_meta.get("default_steps", self.step_options[0]))
         return default if default in self.step_options else self.step_options[0]
 
+    def step_choice(self, steps: int) -> tuple[str, int]:
+        """The few-step control's entry for ``steps``: its label names the NFE, the value is the step count."""
+        calls = 2 if not self.has_lora and self.baseline_cfg != 1.0 else 1  # the fallback samples as the base does
+        return f"{steps} step{'s' if steps > 1 else ''} ({steps * calls} NFE)", steps
+
     def few_step_label(self, steps: int) -> str:
         if self.has_lora:
             return f"W2SVD - {steps} steps"
@@ -327,7 +332,9 @@ def build_blocks(handlers: DemoHandlers, max_queue: int = 16) -> gr.Blocks:
         with gr.Row():
             seed = as_sent(gr.Number(label="Seed", value=0, precision=0, elem_id="seed"))
             randomize = gr.Checkbox(label="Randomize seed (the seed used is shown)", value=False)
-            few_steps = gr.Radio(h.step_options, value=h.default_steps, label="Few-step count")
+            few_steps = gr.Radio(
+                [h.step_choice(n) for n in h.step_options], value=h.default_steps, label="Few-step count"
+            )
             run_baseline = gr.Checkbox(label=f"Also run the {h.baseline_steps}-step baseline", value=True)
         with gr.Row():
             with gr.Column():

@@ -145,11 +145,18 @@ class VideoGenerator:
     def __init__(self, pipe, defaults: GenerationDefaults) -> None:
         self.pipe, self.defaults = pipe, defaults
         self.backbone: Backbone = backbone_for(pipe)
-        self.lora_meta: dict | None = None  # the distilled generator's metadata, set by load_lora/load_transformer
-        self.generator_transformer = None  # a full distilled transformer (load_transformer); None: the LoRA
+        # the distilled generators' metadata by adapter name ("" for a full distilled transformer), in load order
+        self.generator_metas: dict[str, dict] = {}
+        self.generator_transformer = None  # a full distilled transformer (load_transformer); None: the LoRA(s)
         self.base_name: str | None = None  # what the base was loaded as ('embedded', a folder, a Hub id); None: unknown
         self.fuse = True  # merge the LoRA into the weights for few-step sampling (off under CPU offload)
         self._pristine: dict[str, torch.Tensor] | None = None  # the base's weights under the fused LoRA, on the CPU
+        self._fused: str | None = None  # the adapter merged into the weights, if any
+
+    @property
+    def lora_meta(self) -> dict | None:
+        """The first distilled generator's metadata (its default step count is the app's default); None if none."""
+        return next(iter(self.generator_metas.values()), None)
 
     @classmethod
     def from_pretrained(
@@ -162,8 +169,12 @@ class VideoGenerator:
         return gen
 
     # ---- the distilled LoRA -------------------------------------------------------------------
-    def load_lora(self, name_or_path: str) -> dict:
-        """Load a distilled LoRA ('embedded', folder, file or Hub id); return its w2svd metadata."""
+    def load_lora(self, name_or_path: str, add: bool = False) -> dict:
+        """Load a distilled LoRA ('embedded', folder, file or Hub id); return its w2svd metadata.
+
+        ``add`` keeps the LoRAs loaded before (say a 4-step and a 1-step one): each step count samples with the LoRA
+        trained for it, so two LoRAs may not share one.
+        """
         path = lora_file(resolve(name_or_path, "lora"))
         meta = read_metadata(path)
         if not meta:
@@ -173,9 +184,16 @@ class VideoGenerator:
         check_lora_values(path)
         check_lora_targets(self.pipe.transformer, path, lora_peft_config(path))
         self.check_base(meta, str(path))
-        self._drop_generator()
-        self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER, use_safetensors=True)
-        self.lora_meta = meta
+        if add and self.generator_transformer is not None:
+            raise ValueError(f"cannot add {path} to a full distilled transformer; load it without add=True")
+        shared = sorted(set(meta["sigmas_by_steps"]) & {str(n) for n in self.few_step_options}) if add else []
+        if shared:
+            raise ValueError(f"{path} samples {shared} steps, as a LoRA already loaded does; load one of them")
+        if not add:
+            self._drop_generator()
+        adapter = ADAPTER if not self.generator_metas else f"{ADAPTER}_{len(self.generator_metas)}"
+        self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter, use_safetensors=True)
+        self.generator_metas[adapter] = meta
         return meta
 
     # ---- a full distilled transformer (DMD with full copies) -----------------------------------
@@ -207,7 +225,7 @@ class VideoGenerator:
                     f"{base.config.get(key)}; load the base it was distilled from"
                 )
         self._drop_generator()
-        self.generator_transformer, self.lora_meta = transformer, meta
+        self.generator_transformer, self.generator_metas = transformer, {"": meta}
         return meta
 
     def check_base(self, meta: dict, where: str) -> None:
@@ -233,41 +251,46 @@ class VideoGenerator:
         )
 
     # ---- fusing: the LoRA merged into the weights while few-step sampling -----------------------
-    def _lora_layers(self) -> dict[str, torch.nn.Module]:
-        """The base Linear layers under the W2SVD adapter, by module name."""
+    def _lora_layers(self, adapter: str) -> dict[str, torch.nn.Module]:
+        """The base Linear layers under ``adapter``, by module name."""
         return {
             name: module.base_layer
             for name, module in self.pipe.transformer.named_modules()
-            if hasattr(module, "base_layer") and ADAPTER in getattr(module, "lora_A", {})
+            if hasattr(module, "base_layer") and adapter in getattr(module, "lora_A", {})
         }
 
-    def _fuse_lora(self) -> None:
-        """Merge the LoRA into the base weights (16-38% less time per transformer call on the embedded model).
-
-        The weights it changes are first copied to the CPU, so ``_unfuse_lora`` gives the baseline the base back bit
-        for bit (subtracting the LoRA again would drift in bf16). Costs host memory equal to those weights.
-        """
-        if self._pristine is not None or not self.fuse:
+    def _activate(self, adapter: str) -> None:
+        """Sample with ``adapter`` alone, merged into the weights when ``fuse`` (16-38% less time per call)."""
+        if self._fused == adapter:
             return
-        layers = self._lora_layers()
+        self._unfuse_lora()  # peft would unmerge a fused LoRA itself to set adapters
+        self.pipe.enable_lora()
+        self.pipe.set_adapters([adapter], [1.0])
+        if not self.fuse:
+            return
+        # The weights the merge changes are copied to the CPU first, so ``_unfuse_lora`` gives the base back bit for
+        # bit (subtracting the LoRA again would drift in bf16). Costs host memory equal to those weights.
+        layers = self._lora_layers(adapter)
         self._pristine = {name: layer.weight.detach().to("cpu", copy=True) for name, layer in layers.items()}
-        self.pipe.transformer.fuse_lora(lora_scale=1.0, adapter_names=[ADAPTER])
+        self.pipe.transformer.fuse_lora(lora_scale=1.0, adapter_names=[adapter])
+        self._fused = adapter
 
     def _unfuse_lora(self) -> None:
-        if self._pristine is None:
+        if self._fused is None:
             return
         self.pipe.transformer.unfuse_lora()  # peft's bookkeeping; the weights come from the copies
         with torch.no_grad():
-            for name, layer in self._lora_layers().items():
+            for name, layer in self._lora_layers(self._fused).items():
                 layer.weight.copy_(self._pristine[name])
-        self._pristine = None
+        self._pristine, self._fused = None, None
 
     def _drop_generator(self) -> None:
-        """Forget the loaded distilled generator (LoRA adapter or full transformer)."""
+        """Forget the loaded distilled generators (LoRA adapters or a full transformer)."""
         self._unfuse_lora()
-        if self.generator_transformer is None and self.lora_meta is not None:
-            self.pipe.delete_adapters(ADAPTER)
-        self.generator_transformer, self.lora_meta = None, None
+        if self.generator_transformer is None:
+            for adapter in self.generator_metas:
+                self.pipe.delete_adapters(adapter)
+        self.generator_transformer, self.generator_metas = None, {}
 
     @contextlib.contextmanager
     def _sampling_with(self, transformer):
@@ -280,29 +303,28 @@ class VideoGenerator:
 
     @property
     def few_step_options(self) -> list[int]:
-        return sorted(int(k) for k in (self.lora_meta or {}).get("sigmas_by_steps", {}))
+        """Every step count of the loaded distilled generator(s)."""
+        return sorted(int(k) for meta in self.generator_metas.values() for k in meta["sigmas_by_steps"])
 
     def few_step(self, prompts: list[str], seeds: list[int], steps: int | None = None, **kw) -> GenerationResult:
-        """Sample with the distilled generator (LoRA or full transformer) on the sigmas it was trained for."""
+        """Sample with the distilled generator trained for ``steps`` (default: the first one's) on its sigmas."""
         if self.lora_meta is None:
             raise RuntimeError(
                 "no distilled LoRA loaded: call load_lora(...) or pass lora= to from_pretrained "
                 "(load_transformer(...) for a full distilled transformer)"
             )
-        table = self.lora_meta["sigmas_by_steps"]
         steps = int(steps or self.lora_meta.get("default_steps", self.few_step_options[0]))
-        if str(steps) not in table:
+        found = [(a, m) for a, m in self.generator_metas.items() if str(steps) in m["sigmas_by_steps"]]
+        if not found:
             raise ValueError(f"this distilled generator supports {self.few_step_options} steps, not {steps}")
-        guidance = float(self.lora_meta.get("guidance_scale", self.defaults.guidance_scale))
-        sigmas = torch.tensor(table[str(steps)], dtype=torch.float32)
-        renoise = bool(self.lora_meta.get("renoise", True))
+        adapter, meta = found[0]
+        guidance = float(meta.get("guidance_scale", self.defaults.guidance_scale))
+        sigmas = torch.tensor(meta["sigmas_by_steps"][str(steps)], dtype=torch.float32)
+        renoise = bool(meta.get("renoise", True))
         if self.generator_transformer is not None:
             with self._sampling_with(self.generator_transformer):
                 return self.generate(prompts, seeds, sigmas=sigmas, renoise=renoise, guidance=guidance, **kw)
-        if self._pristine is None:  # peft would unmerge a fused LoRA to set adapters
-            self.pipe.enable_lora()
-            self.pipe.set_adapters([ADAPTER], [1.0])
-            self._fuse_lora()
+        self._activate(adapter)
         return self.generate(prompts, seeds, sigmas=sigmas, renoise=renoise, guidance=guidance, **kw)
 
     def baseline(
