@@ -53,8 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--lora",
         default=os.environ.get("W2SVD_LORA"),
-        help="W2SVD LoRA: 'embedded', a folder, a .safetensors file, a Hub repo id, or 'none' (env W2SVD_LORA; "
-        "default: the embedded LoRA when the base is embedded and the LoRA has shipped, else none)",
+        help="W2SVD LoRA(s): 'embedded', 'embedded-1step', a folder, a .safetensors file, a Hub repo id, a "
+        "comma-separated list of them (one per step count), or 'none' (env W2SVD_LORA; default: the shipped "
+        "embedded LoRAs when the base is embedded, else none)",
     )
     p.add_argument(
         "--device",

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from w2svd.eval.temporal import summarise
-from w2svd.hub import EMBEDDED
+from w2svd.hub import EMBEDDED, EMBEDDED_LORAS
 from w2svd.pipeline import GenerationResult, VideoGenerator
 
 NO_LORA = ("none", "")  # --lora values that mean "run without a distilled LoRA"
@@ -27,8 +27,9 @@ class LoadError(RuntimeError):
 def choose_lora(base: str, lora: str | None) -> tuple[str | None, str]:
     """(LoRA to load or None, why none) for the app's ``--lora``; None means 'the default'.
 
-    The default is the embedded LoRA when the base is the embedded one and the LoRA has shipped;
-    otherwise the app runs without a LoRA and says why. An explicit name is always loaded (or fails).
+    The default is the embedded LoRAs (4-step, and 1-step once shipped) when the base is the embedded one and
+    they have shipped; otherwise the app runs without a LoRA and says why. An explicit name (or a comma-separated
+    list of names, one LoRA per step count) is always loaded (or fails).
     """
     if lora is not None:
         if lora.strip().lower() in NO_LORA:
@@ -38,7 +39,7 @@ def choose_lora(base: str, lora: str | None) -> tuple[str | None, str]:
         return None, f"no LoRA given for base {base!r} (pass --lora or set W2SVD_LORA)"
     if not EMBEDDED["lora"].exists():
         return None, f"the embedded W2SVD LoRA has not shipped yet ({EMBEDDED['lora']} is missing)"
-    return "embedded", ""
+    return ",".join(name for name, path in EMBEDDED_LORAS.items() if path.exists()), ""
 
 
 def load_generator(base: str, lora: str | None, device: str, cpu_offload: bool = False) -> VideoGenerator:
@@ -55,12 +56,12 @@ def load_generator(base: str, lora: str | None, device: str, cpu_offload: bool =
             "Pass --base (or W2SVD_BASE) as 'embedded', a local diffusers pipeline folder, or a Hub repo id "
             "such as hunyuanvideo-community/HunyuanVideo."
         ) from e
-    if lora is not None:
+    for i, name in enumerate(n.strip() for n in (lora or "").split(",") if n.strip()):
         try:
-            generator.load_lora(lora)
+            generator.load_lora(name, add=i > 0)
         except Exception as e:
             raise LoadError(
-                f"could not load the W2SVD LoRA {lora!r} into base {base!r}: {e}\n"
+                f"could not load the W2SVD LoRA {name!r} into base {base!r}: {e}\n"
                 "Pass --lora (or W2SVD_LORA) as a folder with pytorch_lora_weights.safetensors exported by w2svd, "
                 "the file itself, a Hub repo id, or 'none' to run the base alone."
             ) from e

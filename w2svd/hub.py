@@ -8,6 +8,7 @@ from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 EMBEDDED = {"base": ASSETS / "embedded" / "base", "lora": ASSETS / "embedded" / "w2svd-4step"}
+EMBEDDED_LORAS = {"embedded": EMBEDDED["lora"], "embedded-1step": ASSETS / "embedded" / "w2svd-1step"}  # --lora names
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -23,8 +24,8 @@ def resolve(name_or_path: str | os.PathLike, kind: str = "base") -> Path:
     name = str(name_or_path).strip()
     if not name:
         raise ModelNotFoundError(f"empty {kind} model name; use 'embedded', a local folder, or a Hub repo id")
-    if name == "embedded":
-        path = EMBEDDED[kind]
+    if name == "embedded" or (kind == "lora" and name in EMBEDDED_LORAS):
+        path = EMBEDDED[kind] if kind == "base" else EMBEDDED_LORAS[name]
         if not path.exists():
             raise ModelNotFoundError(f"the embedded {kind} model is missing at {path}; re-clone the repository")
         return path
