@@ -83,3 +83,23 @@ def test_the_sweep_rule_says_helps_hurts_or_neutral():
     assert judge.verdict({**base, "motion_vs_real": 1.0, "fd_clip": 520.0}, base)[0] == "hurts"  # +4% FD-clip
     assert judge.verdict({**base, "motion_region": 0.47}, base)[0] == "hurts"
     assert judge.verdict({**base, "motion_vs_real": 1.38}, base)[0] == "neutral"
+
+
+def test_reuse_keeps_rows_measured_before_and_rescores_retrained_ones(tmp_path, tiny64_pipeline_dir):
+    cfg = BenchmarkConfig(
+        rows=[Row("real", "real"), Row("euler-1", "base", steps=1)],
+        base=str(tiny64_pipeline_dir),
+        reference="euler-1",
+        n=4,
+        batch_size=4,
+        out_md=str(tmp_path / "b.md"),
+        out_json=str(tmp_path / "b.json"),
+        reuse=True,
+    )
+    first = run_benchmark(cfg)
+    second = run_benchmark(cfg)
+    assert all(r["reused"] for r in second["rows"])
+    assert [r["fd_clip"] for r in second["rows"]] == [r["fd_clip"] for r in first["rows"]]
+    assert "| euler-1 (earlier run) |" in (tmp_path / "b.md").read_text()
+    cfg.n = 8  # another n: nothing is comparable, everything is measured again
+    assert not any(r.get("reused") for r in run_benchmark(cfg)["rows"])

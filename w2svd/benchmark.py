@@ -21,7 +21,7 @@ from w2svd.eval import metrics
 from w2svd.eval.features import load_feature_nets
 from w2svd.eval.motion_regions import region_figures
 from w2svd.eval.temporal import ratio, summarise
-from w2svd.lora import WEIGHT_NAME
+from w2svd.lora import WEIGHT_NAME, lora_file
 from w2svd.pipeline import GENERATOR_META, MAX_CFG_SCALE, VideoGenerator
 
 
@@ -87,6 +87,9 @@ class BenchmarkConfig:
     out_json: str = "docs/benchmark.json"
     grid: Grid = dataclasses.field(default_factory=Grid)
     plots: Plots = dataclasses.field(default_factory=Plots)
+    # keep the rows of out_json whose weights are not newer than it (sweeps scored as their runs finish); the
+    # table says which rows were measured in an earlier run
+    reuse: bool = False
 
     def validate(self) -> None:
         names = [r.name for r in self.rows]
@@ -134,6 +137,27 @@ def training_info(run_dir: str) -> dict[str, Any]:
     return info
 
 
+def reusable_rows(cfg: BenchmarkConfig) -> dict[str, dict[str, Any]]:
+    """With ``cfg.reuse``: rows of ``cfg.out_json`` measured with the same n whose weights are older than it."""
+    path = Path(cfg.out_json)
+    if not (cfg.reuse and path.is_file()):
+        return {}
+    report = json.loads(path.read_text())
+    if report.get("n") != cfg.n:
+        return {}
+    rows = {r.name: r for r in cfg.rows}
+    kept = {}
+    for entry in report["rows"]:
+        row = rows.get(entry["name"])
+        if row is None or entry.get("missing") or entry.get("kind") != row.kind:
+            continue
+        weights = lora_file(row.lora) if row.kind == "lora" else Path(row.path) if row.kind == "transformer" else None
+        if weights is not None and (not weights.exists() or weights.stat().st_mtime > path.stat().st_mtime):
+            continue
+        kept[entry["name"]] = {k: v for k, v in entry.items() if k != "reused"}
+    return kept
+
+
 def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -146,7 +170,12 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     reference = metrics.embed(reference_clips, nets)
     real_temporal = summarise(reference_clips)  # what motion and flicker should be, for these prompts
     results, samples = [], {}
+    earlier = reusable_rows(cfg)
     for row in cfg.rows:
+        if row.name in earlier and not row.missing():
+            results.append({**earlier[row.name], "reused": True})
+            print(f"{row.name}: kept from {cfg.out_json}")
+            continue
         if row.missing():
             results.append({"name": row.name, "kind": row.kind, "missing": True, "train": row.train})
             print(f"{row.name}: not trained yet, skipped ({row.train})")
@@ -274,6 +303,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for r in rows:
         cells = [c[2].format(r[c[0]]) if r.get(c[0]) is not None else "" for c in cols]
+        cells[0] += " (earlier run)" if r.get("reused") else ""
         lines.append("| " + " | ".join(cells) + " |")
     extra = sorted({k for r in rows for k in r if k.startswith("adherence/") and k not in {c[0] for c in cols}})
     if extra:
