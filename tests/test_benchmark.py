@@ -94,12 +94,14 @@ def test_reuse_keeps_rows_measured_before_and_rescores_retrained_ones(tmp_path, 
         batch_size=4,
         out_md=str(tmp_path / "b.md"),
         out_json=str(tmp_path / "b.json"),
-        reuse=True,
+        reuse="unchanged",
     )
     first = run_benchmark(cfg)
     second = run_benchmark(cfg)
     assert all(r["reused"] for r in second["rows"])
     assert [r["fd_clip"] for r in second["rows"]] == [r["fd_clip"] for r in first["rows"]]
     assert "| euler-1 (earlier run) |" in (tmp_path / "b.md").read_text()
-    cfg.n = 8  # another n: nothing is comparable, everything is measured again
+    cfg.reuse = "gone"  # weights all there (base rows have none to lose): everything is measured again
+    assert not any(r.get("reused") for r in run_benchmark(cfg)["rows"])
+    cfg.n, cfg.reuse = 8, "unchanged"  # another n: nothing is comparable
     assert not any(r.get("reused") for r in run_benchmark(cfg)["rows"])

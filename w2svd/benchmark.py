@@ -87,14 +87,17 @@ class BenchmarkConfig:
     out_json: str = "docs/benchmark.json"
     grid: Grid = dataclasses.field(default_factory=Grid)
     plots: Plots = dataclasses.field(default_factory=Plots)
-    # keep the rows of out_json whose weights are not newer than it (sweeps scored as their runs finish); the
-    # table says which rows were measured in an earlier run
-    reuse: bool = False
+    # rows of out_json to keep instead of measuring again (the table marks them 'earlier run'): "none"; "gone":
+    # rows whose weights no longer exist; "unchanged": those and every row whose weights are not newer than out_json
+    # (sweeps scored as their runs finish, with no change to the sampling code in between)
+    reuse: str = "none"
 
     def validate(self) -> None:
         names = [r.name for r in self.rows]
         if len(set(names)) != len(names):
             raise ConfigError(f"row names must be unique, got {names}")
+        if self.reuse not in ("none", "gone", "unchanged"):
+            raise ConfigError(f"reuse={self.reuse!r} must be 'none', 'gone' or 'unchanged'")
         if self.reference and self.reference not in names:
             raise ConfigError(f"reference={self.reference!r} is not a row name; rows: {names}")
 
@@ -138,9 +141,9 @@ def training_info(run_dir: str) -> dict[str, Any]:
 
 
 def reusable_rows(cfg: BenchmarkConfig) -> dict[str, dict[str, Any]]:
-    """With ``cfg.reuse``: rows of ``cfg.out_json`` measured with the same n whose weights are older than it."""
+    """The rows of ``cfg.out_json`` (same n) that ``cfg.reuse`` keeps, by name."""
     path = Path(cfg.out_json)
-    if not (cfg.reuse and path.is_file()):
+    if cfg.reuse == "none" or not path.is_file():
         return {}
     report = json.loads(path.read_text())
     if report.get("n") != cfg.n:
@@ -152,7 +155,9 @@ def reusable_rows(cfg: BenchmarkConfig) -> dict[str, dict[str, Any]]:
         if row is None or entry.get("missing") or entry.get("kind") != row.kind:
             continue
         weights = lora_file(row.lora) if row.kind == "lora" else Path(row.path) if row.kind == "transformer" else None
-        if weights is not None and (not weights.exists() or weights.stat().st_mtime > path.stat().st_mtime):
+        gone = weights is not None and not weights.exists()
+        unchanged = weights is None or (weights.exists() and weights.stat().st_mtime <= path.stat().st_mtime)
+        if not (gone or (cfg.reuse == "unchanged" and unchanged)):
             continue
         kept[entry["name"]] = {k: v for k, v in entry.items() if k != "reused"}
     return kept
@@ -172,7 +177,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     results, samples = [], {}
     earlier = reusable_rows(cfg)
     for row in cfg.rows:
-        if row.name in earlier and not row.missing():
+        if row.name in earlier:
             results.append({**earlier[row.name], "reused": True})
             print(f"{row.name}: kept from {cfg.out_json}")
             continue
