@@ -102,6 +102,7 @@ def test_evaluate_generator_with_real_clips(nets):
     assert result["fd_frame"] == pytest.approx(result["fd_frame_real"])
     assert result["fd_clip"] == pytest.approx(result["fd_clip_real"])
     assert result["adherence/appearance_mean"] >= 0.95 and "adherence/motion" in result
+    assert 0.8 < result["motion_vs_real"] < 1.25 and 0.8 < result["flicker_vs_real"] < 1.25  # other render seeds
 
 
 def test_evaluate_generator_names_bad_output(nets):

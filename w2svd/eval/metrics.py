@@ -163,15 +163,20 @@ def evaluate_generator(
     """FD-frame, FD-clip and adherence of ``generate_fn`` on ``heldout_examples(n)``, with the real-vs-real floor.
 
     Generated clips and the examples' own real clips are both compared to a reference set of real clips
-    rendered with other seeds; ``fd_*_real`` is therefore what a perfect generator would score.
+    rendered with other seeds; ``fd_*_real`` is therefore what a perfect generator would score. Motion and flicker
+    (``temporal/*``, w2svd.eval.temporal) come with their ratios to the reference clips.
     """
     if n < 2:
         raise ValueError(f"n={n} is too small for a Frechet distance; use n >= 64 (256 for reported numbers)")
     nets = nets or load_feature_nets()
     examples = heldout_examples(n)
-    reference = embed(render_examples(reference_examples(examples), NUM_FRAMES, SIZE), nets, batch_size)
+    from w2svd.eval.temporal import summarise
+
+    reference_clips = render_examples(reference_examples(examples), NUM_FRAMES, SIZE)
+    reference = embed(reference_clips, nets, batch_size)
     real = embed(render_examples(examples, NUM_FRAMES, SIZE), nets, batch_size)
-    generated = embed(generate_clips(generate_fn, examples, batch_size), nets, batch_size)
+    clips = generate_clips(generate_fn, examples, batch_size)
+    generated = embed(clips, nets, batch_size)
     result = {
         "n": float(n),
         "fd_frame": fd_frame(generated, reference),
@@ -180,6 +185,10 @@ def evaluate_generator(
         "fd_clip_real": fd_clip(real, reference),
     }
     result.update({f"adherence/{k}": v for k, v in adherence(generated, examples).items()})
+    temporal, real_temporal = summarise(clips), summarise(reference_clips)
+    result.update({f"temporal/{k}": v for k, v in temporal.items()})
+    result["motion_vs_real"] = temporal["motion"] / real_temporal["motion"]
+    result["flicker_vs_real"] = temporal["flicker"] / real_temporal["flicker"]
     return result
 
 

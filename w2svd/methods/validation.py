@@ -41,7 +41,8 @@ def validation_metrics(
         return np.stack([tensor_to_video(v) for v in video])
 
     result = evaluate_generator(generate, n=n, batch_size=batch_size)
-    scores = {k: float(v) for k, v in result.items() if k == "fd_frame" or k == "fd_clip" or k.startswith("adher")}
+    kept = ("fd_frame", "fd_clip", "adherence/", "temporal/", "motion_vs_real", "flicker_vs_real")
+    scores = {k: float(v) for k, v in result.items() if k.startswith(kept)}
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / METRICS_FILE, "a") as f:
         f.write(json.dumps({"step": step, "generator_updates": generator_updates, "n": n, **scores}) + "\n")
