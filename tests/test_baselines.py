@@ -80,6 +80,7 @@ def test_lcm_teacher_target_and_gradients(tmp_path, tiny_pipeline_dir, cache_dir
         backbone = m.backbone.velocity(x, s, batch["cond"])
         m.transformer.enable_adapters()
         assert torch.equal(m.teacher_velocity(batch["cond"], None)(x, s), backbone)  # the base alone
+    m.arm(GENERATOR)
     loss, _ = m.loss(GENERATOR, batch)
     loss.backward()
     assert all(p.grad is not None for p in m.adapters.params[GENERATOR])
@@ -129,6 +130,7 @@ def test_copies_get_gradients_only_in_their_phase_and_the_teacher_never_changes(
     assert all(len(groups[r][0]) == len(list(copies[r].parameters())) for r in copies)  # every parameter trained
     for phase in (FAKE, GENERATOR):
         before = {r: [p.detach().clone() for p in c.parameters()] for r, c in copies.items()}
+        m.arm(phase)
         loss, _ = m.loss(phase, m.batch(1))
         loss.backward()
         other = GENERATOR if phase == FAKE else FAKE

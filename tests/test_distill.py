@@ -26,12 +26,12 @@ def velocities(m, batch, x, s):
     out = {}
     with torch.no_grad():
         for key, (adapter, scale) in {"alpha0": (FAKE, 0.0), "alpha1": (FAKE, 1.0), "half": (FAKE, 0.5)}.items():
-            out[key] = m.velocity_fn(batch["cond"], adapter, scale)(x, s)
+            out[key] = m.score(adapter, batch["cond"], scale)(x, s)
         m.transformer.disable_adapters()
         out["backbone"] = m.backbone.velocity(x, s, batch["cond"])
         m.transformer.enable_adapters()
         m.cfg.alpha_weak = 0.5
-        out["real"] = m.real_velocity_fn(batch["cond"], None)(x, s)
+        out["real"] = m.real_score(batch["cond"], None)(x, s)
     return out
 
 
@@ -47,7 +47,7 @@ def test_scale_identities(method):
     d_half, d_full = (v["half"] - v["backbone"]).norm(), (v["alpha1"] - v["backbone"]).norm()
     assert 0 < d_half < d_full  # strictly between backbone and fake score
     # the fake score is the fake LoRA at scale 1
-    assert torch.equal(method.velocity_fn(batch["cond"], FAKE)(x, s), v["alpha1"])
+    assert torch.equal(method.score(FAKE, batch["cond"])(x, s), v["alpha1"])
 
 
 @pytest.mark.parametrize("phase", [GENERATOR, FAKE])
@@ -56,6 +56,7 @@ def test_only_the_phase_adapter_gets_gradients(method, phase):
     backbone = {n: p.detach().clone() for n, p in method.transformer.named_parameters() if "lora" not in n}
     torch.manual_seed(1)
     batch = method.batch(3)
+    method.arm(phase)  # what the loop does before each phase's loss
     loss, _ = method.loss(phase, batch)
     loss.backward()
     other = FAKE if phase == GENERATOR else GENERATOR
@@ -65,6 +66,29 @@ def test_only_the_phase_adapter_gets_gradients(method, phase):
         if "lora" not in n:
             assert p.grad is None and torch.equal(p, backbone[n]), n
         p.grad = None
+
+
+def test_switching_roles_never_changes_what_is_trained(method):
+    """The bug class of peft's set_adapters: a role switch after the generator's forward used to silence it."""
+    batch = method.batch(4)
+    x, s = torch.randn_like(batch["x0_real"]), torch.full((batch["x0_real"].shape[0],), 0.5)
+    method.arm(GENERATOR)
+    flags = {id(p): p.requires_grad for ps in method.params.values() for p in ps}
+    with torch.no_grad():
+        for role in (FAKE, "real_score", GENERATOR, FAKE):
+            method.score(role, batch["cond"])(x, s)
+    assert flags == {id(p): p.requires_grad for ps in method.params.values() for p in ps}
+    assert all(p.requires_grad for p in method.params[GENERATOR])
+    assert not any(p.requires_grad for p in method.params[FAKE])
+
+
+def test_a_phase_whose_loss_reaches_none_of_its_parameters_stops_the_run(tmp_path, tiny_pipeline_dir, monkeypatch):
+    from w2svd.methods.distill import DistillMethod
+
+    monkeypatch.setattr(DistillMethod, "loss", lambda self, phase, batch: (torch.ones((), requires_grad=True), {}))
+    cfg = tiny_cfg(tmp_path, tiny_pipeline_dir, max_steps=2)
+    with pytest.raises(RuntimeError, match="step 0: the loss of phase 'fake_score' gave its .* parameters no gradient"):
+        train(cfg, progress=False)
 
 
 def test_phases_follow_the_update_ratio(method):
@@ -95,7 +119,7 @@ def test_run_exports_a_diffusers_lora_that_reproduces_the_generator(tmp_path, ti
     s = torch.full((x.shape[0],), 0.9)
     c = batch["cond"]
     with torch.no_grad():
-        want = m.velocity_fn(c, GENERATOR)(x, s)
+        want = m.score(GENERATOR, c)(x, s)
         got = fresh.transformer(x, s * 1000, c.embeds, c.mask, c.pooled, return_dict=False)[0]
     assert torch.equal(want, got)
 
@@ -149,6 +173,7 @@ def test_discriminator_head_learns_with_the_fake_score_and_pushes_the_generator(
     m = gan_method
     head = list(m.head.parameters())
     assert set(map(id, head)) <= set(map(id, m.param_groups()[FAKE][0]))  # optimised with the fake score
+    m.arm(phase)
     loss, terms = m.loss(phase, m.batch(2))
     loss.backward()
     other = FAKE if phase == GENERATOR else GENERATOR

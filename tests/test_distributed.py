@@ -97,6 +97,7 @@ def test_shards_give_the_global_batch_loss_and_gradient(tmp_path):
     def run(shard, phase):
         method.shard = shard
         batch = method.batch(1)
+        method.arm(phase)
         loss, _ = method.loss(phase, batch)
         loss.backward()
         grads = [p.grad.clone() for p in method.params[phase]]

@@ -72,11 +72,11 @@ def test_embedded_guidance_reaches_every_role_and_the_metadata(tmp_path):
     x = torch.randn_like(batch["x0_real"])
     s = torch.full((x.shape[0],), 0.7)
     with torch.no_grad():
-        at6 = {r: m.velocity_fn(batch["cond"], r)(x, s) for r in (GENERATOR, FAKE)}
-        at6["real"] = m.real_velocity_fn(batch["cond"], None)(x, s)
+        at6 = {r: m.score(r, batch["cond"])(x, s) for r in (GENERATOR, FAKE)}
+        at6["real"] = m.real_score(batch["cond"], None)(x, s)
         m.cfg.guidance = 1.0
-        at1 = {r: m.velocity_fn(batch["cond"], r)(x, s) for r in (GENERATOR, FAKE)}
-        at1["real"] = m.real_velocity_fn(batch["cond"], None)(x, s)
+        at1 = {r: m.score(r, batch["cond"])(x, s) for r in (GENERATOR, FAKE)}
+        at1["real"] = m.real_score(batch["cond"], None)(x, s)
     assert all(not torch.allclose(at6[k], at1[k]) for k in at6)
     m.cfg.guidance = 6.0
     assert m.metadata()["guidance_scale"] == 6.0
@@ -94,6 +94,7 @@ def test_bfloat16_teacher_keeps_trained_weights_in_fp32(tmp_path):
     assert all(p.dtype == torch.bfloat16 for p in frozen)
     assert all(p.dtype == torch.float32 for r in (GENERATOR, FAKE) for p in m.params[r])
     for phase in (FAKE, GENERATOR):
+        m.arm(phase)
         loss, _ = m.loss(phase, m.batch(1))
         loss.backward()
         grads = [p.grad for p in m.params[phase] if p.grad is not None]
@@ -109,8 +110,10 @@ def test_gradient_checkpointing_gives_the_same_losses_and_gradients(tmp_path):
 
     def run(phase):
         saved = []
+        m.arm(phase)
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
             loss, _ = m.loss(phase, m.batch(2))
+        m.arm(phase)
         loss.backward()
         grads = [p.grad.clone() for p in m.params[phase]]
         for p in m.params[phase]:

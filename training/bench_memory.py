@@ -136,7 +136,9 @@ def run_case(case: str, size: str, steps: int, device_name: str, overrides: dict
             t_step = time.perf_counter()
             batch = method.batch(step)
             for phase in method.phases(step):
+                method.arm(phase)
                 loss, _ = method.loss(phase, batch)
+                method.arm(phase)
                 loss.backward()
                 if o.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(groups[phase][0], o.grad_clip)

@@ -1,4 +1,6 @@
-"""Losses shared by the training methods: flow matching, (weak-to-strong) distribution matching, consistency.
+"""Losses and noise draws shared by the training methods: flow matching, consistency (LCM); per-sample noise.
+
+The distribution-matching loss of W2SVD / DMD lives with the rest of the algorithm in ``w2svd.algorithm``.
 
 Rectified-flow notation: x_s = (1 - s) * x0 + s * eps, v = eps - x0, x0_hat = x_s - s * v.
 """
@@ -12,13 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from w2svd.sampling import shift_sigmas
+from w2svd.sampling import noised, shift_sigmas
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_s, s of shape (B,)) -> v
-
-
-def _bcast(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return s.view(-1, *([1] * (x.dim() - 1)))
 
 
 class TorchNoise:
@@ -88,51 +86,7 @@ class FlowMatchingLoss:
         rng = rng or TorchNoise()
         eps = rng.randn_like(x0)
         s = self.levels(x0.shape[0], x0.device, rng)
-        x = (1 - _bcast(s, x0)) * x0 + _bcast(s, x0) * eps
-        return F.mse_loss(velocity(x, s), eps - x0)
-
-
-class DistributionMatchingLoss:
-    """DMD's generator loss: move x0_hat along (x0_fake - x0_real), normalised as in DMD2.
-
-    ``normalizer="per_sample"`` divides by mean|x0_hat - x0_real| of each sample (DMD2);
-    ``"global"`` by the batch mean (FastVideo). The loss is 0.5 * ||x0_hat - sg(x0_hat - grad)||^2,
-    whose gradient with respect to x0_hat is ``grad`` (divided by the element count).
-    """
-
-    def __init__(self, levels: NoiseLevels, normalizer: str = "per_sample") -> None:
-        if normalizer not in ("per_sample", "global"):
-            raise ValueError(f"normalizer={normalizer!r} must be 'per_sample' or 'global'")
-        self.levels, self.normalizer = levels, normalizer
-
-    def __call__(
-        self,
-        x0_hat: torch.Tensor,
-        real_velocity: VelocityFn,
-        fake_velocity: VelocityFn,
-        rng: TorchNoise | SampleNoise | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        x0 = x0_hat.detach()
-        rng = rng or TorchNoise()
-        s = self.levels(x0.shape[0], x0.device, rng)
-        eps = rng.randn_like(x0)
-        sb = _bcast(s, x0)
-        x_s = (1 - sb) * x0 + sb * eps
-        with torch.no_grad():
-            x0_real = x_s - sb * real_velocity(x_s, s)
-            x0_fake = x_s - sb * fake_velocity(x_s, s)
-            dims = tuple(range(1, x0.dim()))
-            if self.normalizer == "per_sample":
-                norm = (x0 - x0_real).abs().mean(dim=dims, keepdim=True)
-            else:
-                norm = (x0 - x0_real).abs().mean()
-            grad = torch.nan_to_num((x0_fake - x0_real) / norm.clamp_min(1e-6))
-        loss = 0.5 * F.mse_loss(x0_hat, (x0_hat - grad).detach())
-        terms = {
-            "dm/grad_norm": float(grad.flatten(1).norm(dim=1).mean()),
-            "dm/real_fake_gap": float((x0_fake - x0_real).abs().mean()),
-        }
-        return loss, terms
+        return F.mse_loss(velocity(noised(x0, eps, s), s), eps - x0)
 
 
 def consistency_target(
@@ -148,7 +102,7 @@ def consistency_target(
     Returns (x_lo, target).
     """
     with torch.no_grad():
-        x_lo = x_hi + _bcast(s_lo - s_hi, x_hi) * teacher_velocity(x_hi, s_hi)
+        x_lo = x_hi + (s_lo - s_hi).view(-1, *([1] * (x_hi.dim() - 1))) * teacher_velocity(x_hi, s_hi)
         return x_lo, target_x0(x_lo, s_lo)
 
 

@@ -27,7 +27,7 @@ from w2svd.lora import (
     lora_peft_config,
     read_metadata,
 )
-from w2svd.sampling import SeededRenoise, get_sigmas, sample_euler, sample_renoise, seeded_noise
+from w2svd.sampling import SeededRenoise, get_sigmas, guided, sample_euler, sample_renoise, seeded_noise
 
 MAX_SEED = 2**32
 MAX_PROMPT_TOKENS = 256  # what the text encoder reads
@@ -418,12 +418,13 @@ class VideoGenerator:
             uncond = Cond.cat([self.backbone.encode_prompts([""])] * len(prompts))
         noise = self.initial_noise(seeds).to(device)
 
-        def model_fn(x, s):
-            v = self.backbone.velocity(x, s, cond, guidance)
-            if uncond is None:
-                return v
-            v_uncond = self.backbone.velocity(x, s, uncond, guidance)
-            return v_uncond + cfg_scale * (v - v_uncond)
+        def v_cond(x, s):
+            return self.backbone.velocity(x, s, cond, guidance)
+
+        def v_uncond(x, s):
+            return self.backbone.velocity(x, s, uncond, guidance)
+
+        model_fn = guided(v_cond, None if uncond is None else v_uncond, cfg_scale)
 
         t0 = time.perf_counter()
         if renoise:

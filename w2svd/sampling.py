@@ -52,8 +52,32 @@ def get_sigmas(num_steps: int, shift: float = 1.0) -> torch.Tensor:
     return torch.cat([shift_sigmas(s, shift), torch.zeros(1, dtype=torch.float64)]).float()
 
 
+def _bcast(s: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor | float:
+    """A per-sample level (B,) shaped to broadcast over x (B, ...); a float or 0-d tensor as it is."""
+    return s.view(-1, *([1] * (x.dim() - 1))) if isinstance(s, torch.Tensor) and s.dim() == 1 else s
+
+
+def noised(x0: torch.Tensor, eps: torch.Tensor, s: torch.Tensor | float) -> torch.Tensor:
+    """The flow-matching noising x_s = (1 - s) x0 + s eps; s a float, a 0-d tensor or one level per sample (B,)."""
+    sb = _bcast(s, x0)
+    return (1 - sb) * x0 + sb * eps
+
+
 def x0_from_v(x: torch.Tensor, sigma: float | torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return x - sigma * v
+    """The clean-latent prediction x0 = x_s - s v (s as in ``noised``)."""
+    return x - _bcast(sigma, x) * v
+
+
+def guided(cond: ModelFn, uncond: ModelFn | None, scale: float) -> ModelFn:
+    """Classifier-free guidance v_u + scale (v_c - v_u) against the empty prompt; ``cond`` itself at scale 1."""
+    if uncond is None or scale == 1.0:
+        return cond
+
+    def v(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        v_u = uncond(x, s)
+        return v_u + scale * (cond(x, s) - v_u)
+
+    return v
 
 
 def sample_euler(model_fn: ModelFn, noise: torch.Tensor, sigmas: torch.Tensor, callback: Callback | None = None):
@@ -86,7 +110,7 @@ def sample_renoise(
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         x0 = x0_from_v(x, s, model_fn(x, s))
         if s_next > 0:
-            x = (1 - s_next) * x0 + s_next * noise_fn(x0)
+            x = noised(x0, noise_fn(x0), s_next)
         else:
             x = x0
         if callback is not None:

@@ -14,13 +14,16 @@ from w2svd.training.config import TrainConfig
 class Method:
     """A training method: what is trained, on which batches, with which losses, and what it exports.
 
-    The loop calls, per step, ``loss(phase, batch)`` for each phase in ``phases(step)``, then
-    backward and the optimiser of that phase. ``loss`` must leave the module ready for backward
-    (e.g. the trained LoRA adapter active), since autograd reads ``requires_grad`` at backward time.
+    The loop calls, per step, for each phase in ``phases(step)``: ``arm(phase)``, ``loss(phase, batch)``,
+    ``arm(phase)`` again, backward and the optimiser of that phase. What a phase trains is decided there alone:
+    a loss may run any network (role switches never change ``requires_grad``); the second ``arm`` makes the
+    trained network the active one again, which gradient checkpointing recomputes during backward. The loop
+    stops a run whose phase produced no gradient for its parameters.
     """
 
     name: str = ""
     config_class: type = object
+    uses_optim_lr = False  # True: param_groups takes optim.lr; False: the method section sets its learning rates
     shard: slice = slice(None)  # rows of each step's global batch this process trains on (set by the loop)
 
     def __init__(self, cfg: Any, train: TrainConfig, device: torch.device) -> None:
@@ -29,6 +32,13 @@ class Method:
     def param_groups(self) -> dict[str, tuple[list[torch.nn.Parameter], float]]:
         """phase -> (parameters, learning rate)."""
         raise NotImplementedError
+
+    def arm(self, phase: str) -> None:
+        """``requires_grad`` on the parameters trained in ``phase``, off on every other group's (methods with
+        several networks on one module also make ``phase``'s the active one)."""
+        for name, (params, _) in self.param_groups().items():
+            for p in params:
+                p.requires_grad_(name == phase)
 
     def phases(self, step: int) -> list[str]:
         return list(self.param_groups())
@@ -70,8 +80,11 @@ class Method:
         """Optional: write validation samples under out_dir and return scalar metrics to log."""
         return {}
 
-    def export(self, out_dir: Path) -> None:
-        """Write the inference artifact (diffusers folder, LoRA, or weights file) into out_dir."""
+    def export(self, out_dir: Path, write: bool = True) -> None:
+        """Write the inference artifact (diffusers folder, LoRA, or weights file) into out_dir.
+
+        Every process of a run calls it; only the one with ``write`` writes (sharded modules gather first).
+        """
         raise NotImplementedError
 
 

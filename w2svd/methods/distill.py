@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -22,10 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from w2svd.algorithm import distribution_matching_loss, fake_score_loss, guided, noised, rollout, x0_from_v
 from w2svd.backbones import Backbone, Cond, backbone_for
 from w2svd.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, check_values
 from w2svd.data import PortraitDataset
-from w2svd.losses import DistributionMatchingLoss, FlowMatchingLoss, NoiseLevels, SampleNoise, VelocityFn
+from w2svd.losses import FlowMatchingLoss, NoiseLevels, SampleNoise, VelocityFn
 from w2svd.methods.base import Method, register
 from w2svd.methods.discriminator import DiscriminatorHead, FeatureTap, discriminator_loss, generator_gan_loss
 from w2svd.methods.roles import FAKE, GENERATOR, REAL, ROLES
@@ -173,11 +175,8 @@ class DistillMethod(Method):
             for role in (GENERATOR, FAKE):
                 self.roles.transformer(role).enable_gradient_checkpointing()
         self.sigmas = get_sigmas(cfg.steps, cfg.generator_shift)
-        levels = NoiseLevels(cfg.noise_shift)
-        self.fm_loss = FlowMatchingLoss(levels)
-        self.dm_loss = DistributionMatchingLoss(
-            NoiseLevels(cfg.noise_shift, cfg.dm_s_min, cfg.dm_s_max), cfg.dm_normalizer
-        )
+        self.fm_loss = FlowMatchingLoss(NoiseLevels(cfg.noise_shift))
+        self.dm_levels = NoiseLevels(cfg.noise_shift, cfg.dm_s_min, cfg.dm_s_max)
         if cfg.prepared:
             latent_cache.check_shape(self.cache, self.backbone.latent_shape(d.num_frames, *d.hw), cfg.prepared)
         else:
@@ -190,50 +189,22 @@ class DistillMethod(Method):
             self.head = DiscriminatorHead(self.backbone.feature_dim()).to(device)
             self.tap = FeatureTap(self.backbone.feature_module(self.roles.transformer(FAKE)))
 
-    # ---- roles -----------------------------------------------------------------------------------
+    # ---- the three roles ------------------------------------------------------------------------
     def arm(self, phase: str) -> None:
-        """Make the module trained in ``phase`` the only one with requires_grad (autograd reads it at backward)."""
-        self.roles.arm(phase)
-        if self.head is not None:
-            self.head.requires_grad_(phase == FAKE)  # the head learns with the fake score only
+        super().arm(phase)
+        self.roles.activate(phase)
 
-    def velocity_fn(self, cond: Cond, role: str, scale: float | None = None):
-        """``role``'s velocity as a function of (x, s); ``scale`` overrides the LoRA scale (lora roles only)."""
+    def score(self, role: str, cond: Cond, scale: float | None = None):
+        """``role``'s velocity v(x_s, s) for ``cond`` (``scale`` overrides the LoRA scale, lora roles only)."""
+        return self.roles.velocity_fn(role, cond, self.cfg.guidance, scale)
 
-        def fn(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-            return self.roles.velocity(role, x, s, cond, scale)
-
-        return fn
-
-    def real_velocity_fn(self, cond: Cond, uncond: Cond | None):
-        """The (weak-to-strong) real score, with optional true CFG against the empty prompt."""
-
-        def fn(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-            v = self.roles.velocity(REAL, x, s, cond)
-            if uncond is not None and self.cfg.real_cfg_scale != 1.0:
-                v_u = self.roles.velocity(REAL, x, s, uncond)
-                v = v_u + self.cfg.real_cfg_scale * (v - v_u)
-            return v
-
-        return fn
-
-    # ---- generator sampling ----------------------------------------------------------------------
-    def generator_x0(self, noise: torch.Tensor, cond: Cond, k: int, grad: bool, rng: SampleNoise) -> torch.Tensor:
-        """Backward simulation: roll the generator out without gradient to step k, then predict x0 there."""
-        x = noise
-        v = self.velocity_fn(cond, GENERATOR)
-        with torch.no_grad():
-            for i in range(k):
-                s, s_next = self.sigmas[i], self.sigmas[i + 1]
-                x0 = x - s * v(x, s)
-                x = (1 - s_next) * x0 + s_next * rng.randn_like(x0)
-        s = self.sigmas[k]
-        if grad:
-            self.arm(GENERATOR)
-        with torch.set_grad_enabled(grad):
-            return x - s * v(x, s)
+    def real_score(self, cond: Cond, uncond: Cond | None):
+        """The weak-to-strong real score, guided against the empty prompt as the base samples (real_cfg_scale)."""
+        v_uncond = None if uncond is None else self.score(REAL, uncond)
+        return guided(self.score(REAL, cond), v_uncond, self.cfg.real_cfg_scale)
 
     def pick_step(self, step: int) -> int:
+        """The rollout depth k of ``step``'s batch (backward simulation), one for the whole global batch."""
         if not self.cfg.backward_simulation:
             return 0
         return int(np.random.default_rng([self.train_cfg.seed, step, 0xB5]).integers(self.cfg.steps))
@@ -246,9 +217,7 @@ class DistillMethod(Method):
     def logits(self, x0: torch.Tensor, cond: Cond, rng: SampleNoise) -> torch.Tensor:
         """Discriminator logits (B,) of clean latents x0, noised to a random level and seen by the fake score."""
         s = self.fm_loss.levels(x0.shape[0], x0.device, rng)
-        sb = s.view(-1, *([1] * (x0.dim() - 1)))
-        x_s = (1 - sb) * x0 + sb * rng.randn_like(x0)
-        return self.head(self.tap.run(self.velocity_fn(cond, FAKE), x_s, s))
+        return self.head(self.tap.run(self.score(FAKE, cond), noised(x0, rng.randn_like(x0), s), s))
 
     def phases(self, step: int) -> list[str]:
         r = self.cfg.fake_updates_per_generator_update
@@ -265,38 +234,34 @@ class DistillMethod(Method):
         return {"x0_real": x0_real, "cond": cond, "uncond": uncond, "k": k, "noise": self.step_noise(step)}
 
     def loss(self, phase: str, batch: dict):
-        cond, x0_real = batch["cond"], batch["x0_real"]
+        """The generator's distribution-matching loss, or the fake score's loss (w2svd.algorithm)."""
+        cond, x0_real, k = batch["cond"], batch["x0_real"], batch["k"]
         rng = batch["noise"].stream(phase)  # the same draws for a sample whichever process holds it
-        noise = rng.randn_like(x0_real)
+        generator = self.score(GENERATOR, cond)
+        x_k = rollout(generator, rng.randn_like(x0_real), self.sigmas, k, rng.randn_like)
+        s_k = self.sigmas[k]
         if phase == GENERATOR:
-            x0_hat = self.generator_x0(noise, cond, batch["k"], grad=True, rng=rng)
-            loss, terms = self.dm_loss(
-                x0_hat, self.real_velocity_fn(cond, batch["uncond"]), self.velocity_fn(cond, FAKE), rng
+            x0_hat = x0_from_v(x_k, s_k, generator(x_k, s_k))
+            s = self.dm_levels(x0_hat.shape[0], x0_hat.device, rng)
+            real = self.real_score(cond, batch["uncond"])
+            loss, terms = distribution_matching_loss(
+                x0_hat, real, self.score(FAKE, cond), s, rng.randn_like(x0_hat), self.cfg.dm_normalizer
             )
-            if self.head is not None:  # gradient reaches x0_hat through the (not armed) fake score
+            if self.head is not None:  # gradient reaches x0_hat through the (not trained) fake score
                 gan = generator_gan_loss(self.logits(x0_hat, cond, rng))
                 loss = loss + self.cfg.gan_generator_weight * gan
                 terms["gan/generator"] = gan.item()
-            self.arm(GENERATOR)
             return loss, terms
-        # fake-score phase: denoising on detached generator samples (+ ground truth, weighted lambda_gt)
-        x0_gen = self.generator_x0(noise, cond, batch["k"], grad=False, rng=rng)
-        self.arm(FAKE)
-        fake_v = self.velocity_fn(cond, FAKE)
-        loss_gen = self.fm_loss(fake_v, x0_gen, rng)
-        terms = {"fake/loss_generated": loss_gen.item()}
-        loss = loss_gen
-        if self.cfg.lambda_gt > 0:
-            loss_gt = self.fm_loss(fake_v, x0_real, rng)
-            loss = loss + self.cfg.lambda_gt * loss_gt
-            terms["fake/loss_real"] = loss_gt.item()
+        with torch.no_grad():
+            x0_gen = x0_from_v(x_k, s_k, generator(x_k, s_k))
+        flow_matching = functools.partial(self.fm_loss, rng=rng)
+        loss, terms = fake_score_loss(flow_matching, self.score(FAKE, cond), x0_gen, x0_real, self.cfg.lambda_gt)
         if self.head is not None:
             real_logits, gen_logits = self.logits(x0_real, cond, rng), self.logits(x0_gen, cond, rng)
             disc = discriminator_loss(real_logits, gen_logits)
             loss = loss + self.cfg.gan_discriminator_weight * disc
             terms["gan/discriminator"] = disc.item()
             terms["gan/accuracy"] = float(((real_logits > 0).float().mean() + (gen_logits < 0).float().mean()) / 2)
-        self.arm(FAKE)
         return loss, terms
 
     def after_step(self, phase: str) -> None:
@@ -357,7 +322,7 @@ class DistillMethod(Method):
         """Few-step generator samples decoded to video in [-1, 1] (the same sampler the pipeline uses)."""
         d = self.train_cfg.data
         return few_step_videos(
-            self.backbone, lambda c: self.velocity_fn(c, GENERATOR), self.sigmas, d, prompts, seeds, self.device
+            self.backbone, lambda c: self.score(GENERATOR, c), self.sigmas, d, prompts, seeds, self.device
         )
 
     def validate(self, step: int, out_dir: Path) -> dict[str, float]:
@@ -365,7 +330,6 @@ class DistillMethod(Method):
         scores = {}
         if self.cfg.val_metrics_n:
             scores = validation_metrics(self.sample, self.cfg.val_metrics_n, step, out_dir, self.generator_updates)
-        self.arm(FAKE)
         return scores
 
     def metadata(self) -> dict[str, Any]:

@@ -44,6 +44,7 @@ def classification_loss(logits: dict[str, torch.Tensor], labels: torch.Tensor) -
 
 @register
 class FeaturesMethod(Method):
+    uses_optim_lr = True
     name = "features"
     config_class = FeaturesConfig
 
@@ -62,8 +63,8 @@ class FeaturesMethod(Method):
 
     def param_groups(self):
         return {
-            "frame": (list(self.nets.frame.parameters()), self.train_cfg.optim.lr),
-            "clip": (list(self.nets.clip.parameters()), self.train_cfg.optim.lr),
+            "frame": (list(self.nets.frame.parameters()), self.train_cfg.optim.learning_rate),
+            "clip": (list(self.nets.clip.parameters()), self.train_cfg.optim.learning_rate),
         }
 
     def batch(self, step: int) -> dict:
@@ -110,7 +111,9 @@ class FeaturesMethod(Method):
         return {"acc_min": min(acc.values()), **acc}
 
     @torch.no_grad()
-    def export(self, out_dir: Path) -> None:
+    def export(self, out_dir: Path, write: bool = True) -> None:
+        if not write:  # another process of a data-parallel run: the main one writes
+            return
         info = {
             "heldout_accuracy": self.heldout_accuracies(),
             "heldout_clips": self.cfg.val_clips,

@@ -90,6 +90,7 @@ def build_embedded_pipeline(cfg: FlowMatchingConfig) -> HunyuanVideoPipeline:
 class FlowMatchingMethod(Method):
     """Teacher pre-training: MSE between predicted and true velocity at shifted-uniform noise levels."""
 
+    uses_optim_lr = True
     name = "flow_matching"
     config_class = FlowMatchingConfig
 
@@ -115,7 +116,7 @@ class FlowMatchingMethod(Method):
 
     # ---- training ---------------------------------------------------------------------------
     def param_groups(self):
-        return {"transformer": (list(self.transformer.parameters()), self.train_cfg.optim.lr)}
+        return {"transformer": (list(self.transformer.parameters()), self.train_cfg.optim.learning_rate)}
 
     def batch(self, step: int) -> dict:
         rng = np.random.default_rng([self.train_cfg.seed, step, 0xF10])
@@ -174,8 +175,10 @@ class FlowMatchingMethod(Method):
         grid_image(clips, [e.prompt for e in examples]).save(out_dir / f"step-{step:07d}.png")
         return {}
 
-    def export(self, out_dir: Path) -> None:
+    def export(self, out_dir: Path, write: bool = True) -> None:
         """A complete diffusers folder at <out_dir>/pipeline with generation defaults and a model card."""
+        if not write:  # another process of a data-parallel run: the main one writes
+            return
         from w2svd.cards import base_card
 
         folder = out_dir / "pipeline"

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from w2svd.algorithm import guided, noised
 from w2svd.backbones import Cond, backbone_for
 from w2svd.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, ConfigError, check_values
 from w2svd.data import PortraitDataset
@@ -131,13 +132,12 @@ class LCMMethod(Method):
         """The base alone (student adapter at scale 0), with optional true CFG."""
 
         def fn(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-            v = self.velocity(GENERATOR, 0.0, x, s, cond)
-            if uncond is not None and self.cfg.teacher_cfg_scale != 1.0:
-                v_u = self.velocity(GENERATOR, 0.0, x, s, uncond)
-                v = v_u + self.cfg.teacher_cfg_scale * (v - v_u)
-            return v
+            return self.velocity(GENERATOR, 0.0, x, s, cond)
 
-        return fn
+        def fn_uncond(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            return self.velocity(GENERATOR, 0.0, x, s, uncond)
+
+        return guided(fn, None if uncond is None else fn_uncond, self.cfg.teacher_cfg_scale)
 
     def x0_fn(self, cond: Cond, adapter: str):
         """The consistency function f(x, s) = x - s * v(x, s) of ``adapter``."""
@@ -148,6 +148,10 @@ class LCMMethod(Method):
         return fn
 
     # ---- the Method interface ------------------------------------------------------------------
+    def arm(self, phase: str) -> None:
+        super().arm(phase)
+        self.adapters.use(GENERATOR)  # what gradient checkpointing would recompute
+
     def param_groups(self):
         return {GENERATOR: (self.adapters.params[GENERATOR], self.cfg.lr)}
 
@@ -167,16 +171,13 @@ class LCMMethod(Method):
 
     def loss(self, phase: str, batch: dict):
         x0, cond, s_hi, s_lo = batch["x0"], batch["cond"], batch["s_hi"], batch["s_lo"]
-        sb = s_hi.view(-1, *[1] * (x0.dim() - 1))
-        x_hi = (1 - sb) * x0 + sb * batch["noise"].stream(phase).randn_like(x0)  # (B, C, F, H, W)
+        x_hi = noised(x0, batch["noise"].stream(phase).randn_like(x0), s_hi)  # (B, C, F, H, W)
         target_adapter = TARGET if self.cfg.ema_decay else GENERATOR
         x_lo, target = consistency_target(
             self.teacher_velocity(cond, batch["uncond"]), self.x0_fn(cond, target_adapter), x_hi, s_hi, s_lo
         )
-        self.adapters.arm(GENERATOR)
         pred = self.x0_fn(cond, GENERATOR)(x_hi, s_hi)
         loss = consistency_distance(pred, target, self.cfg.loss, self.cfg.huber_c)
-        self.adapters.arm(GENERATOR)
         terms = {
             "lcm/teacher_step": float((x_lo - x_hi).abs().mean()),
             "lcm/target_gap": float((pred.detach() - target).abs().mean()),
@@ -222,7 +223,6 @@ class LCMMethod(Method):
         scores = {}
         if self.cfg.val_metrics_n:
             scores = validation_metrics(self.sample, self.cfg.val_metrics_n, step, out_dir, self.generator_updates)
-        self.adapters.arm(GENERATOR)
         return scores
 
     def metadata(self) -> dict[str, Any]:
@@ -244,7 +244,9 @@ class LCMMethod(Method):
             "ema_decay": c.ema_decay,
         }
 
-    def export(self, out_dir: Path) -> None:
+    def export(self, out_dir: Path, write: bool = True) -> None:
         """The student LoRA in diffusers format (the same file layout and metadata keys as W2SVD's)."""
+        if not write:  # another process of a data-parallel run: the main one writes
+            return
         save_lora(self.transformer, GENERATOR, out_dir, self.metadata(), type(self.pipe))
         log.info("exported %s", json.dumps(self.metadata()))

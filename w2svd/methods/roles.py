@@ -10,8 +10,10 @@ Two realisations behind one small interface, chosen by ``method.roles``:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,11 @@ GENERATOR, FAKE, REAL = "generator", "fake_score", "real_score"
 
 
 class LoraAdapters:
-    """Named LoRA adapters on one frozen transformer, with the gradient care peft needs.
+    """Named LoRA adapters on one frozen transformer; switching between them never touches ``requires_grad``.
 
-    peft's ``set_adapters`` flips ``requires_grad`` of inactive adapters and autograd reads the flag at
-    backward time, so a loss must end with ``arm(trained_adapter)`` or its adapter silently gets no gradient.
+    peft's ``set_adapters`` flips ``requires_grad`` of inactive adapters, and autograd reads the flag at backward
+    time: a loss that switched to another adapter after its forward would silently give its own no gradient. So
+    ``use`` puts every flag back as it was, and only the training loop decides what is trained (``Method.arm``).
     The adapters are kept in fp32 whatever the frozen weights' dtype (peft creates them in the base's dtype).
     """
 
@@ -44,34 +47,54 @@ class LoraAdapters:
         self.params = {name: trainable_lora_params(transformer, name) for name in configs}
         for p in (p for params in self.params.values() for p in params):
             p.data = p.data.float()  # as diffusers' cast_training_params; a no-op on an fp32 backbone
+            p.requires_grad_(False)  # nothing learns until the loop arms a phase (Method.arm)
 
     def use(self, adapter: str, scale: float = 1.0) -> None:
         """Make ``adapter`` the only active one, at ``scale`` (0 reproduces the backbone exactly)."""
+        flags = [(p, p.requires_grad) for params in self.params.values() for p in params]
         self.transformer.set_adapters([adapter], [scale])
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
-    def arm(self, adapter: str) -> None:
-        """Activate ``adapter`` at scale 1 and set requires_grad on its parameters alone."""
-        self.use(adapter)
-        for name, params in self.params.items():
-            for p in params:
-                p.requires_grad_(name == adapter)
+    @contextlib.contextmanager
+    def active(self, adapter: str, scale: float = 1.0) -> Iterator[None]:
+        """``with adapters.active(name, scale):`` the transformer computes that adapter's velocity."""
+        self.use(adapter, scale)
+        yield
 
     def named(self, adapter: str) -> list[tuple[str, torch.nn.Parameter]]:
         return [(n, p) for n, p in self.transformer.named_parameters() if f".{adapter}." in n]
 
 
 class Roles:
-    """Generator, fake score and real score as velocity functions, plus what is trained and exported."""
+    """Generator, fake score and real score as velocity functions, plus what is trained and exported.
+
+    ``velocity_fn(role, cond)`` is the role's v(x_s, s); each call runs inside ``role_context(role)``, which
+    switches adapters (LoRA roles) or transformers (copies) and never what is trained.
+    """
 
     params: dict[str, list[torch.nn.Parameter]]  # GENERATOR and FAKE -> trained parameters
 
-    def velocity(self, role: str, x: torch.Tensor, s: torch.Tensor, cond: Cond, scale: float | None = None):
-        """v = eps - x0 of ``role`` at noise level s; ``scale`` overrides the adapter scale (LoRA roles only)."""
+    def role_context(self, role: str, scale: float | None = None) -> contextlib.AbstractContextManager:
+        """``with roles.role_context(FAKE):`` the backbone computes ``role``; ``scale``: LoRA roles only."""
         raise NotImplementedError
 
-    def arm(self, phase: str) -> None:
-        """Make the module trained in ``phase`` the only one with requires_grad (call before backward)."""
+    def backbone_for(self, role: str) -> Backbone:
+        """The backbone (transformer, text encoders) that computes ``role``'s velocity."""
         raise NotImplementedError
+
+    def activate(self, role: str) -> None:
+        """Leave ``role`` the active network: backward recomputes checkpointed blocks with whatever is active."""
+
+    def velocity_fn(self, role: str, cond: Cond, guidance: float = 1.0, scale: float | None = None):
+        """``role``'s v(x_s, s) for conditioning ``cond``; ``scale`` overrides the LoRA scale."""
+        backbone = self.backbone_for(role)
+
+        def v(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            with self.role_context(role, scale):
+                return backbone.velocity(x, s, cond, guidance)
+
+        return v
 
     def transformer(self, role: str) -> torch.nn.Module:
         """The transformer module that computes ``role``'s velocity."""
@@ -111,15 +134,17 @@ class LoraRoles(Roles):
         )
         self.params = self.adapters.params
 
-    def velocity(self, role, x, s, cond, scale=None):
-        adapter = FAKE if role == REAL else role
+    def role_context(self, role, scale=None):
+        """The real score is the fake-score LoRA at ``alpha_weak`` (read at call time); the others at scale 1."""
         if scale is None:
             scale = self.cfg.alpha_weak if role == REAL else 1.0
-        self.adapters.use(adapter, scale)
-        return self.backbone.velocity(x, s, cond, self.cfg.guidance)
+        return self.adapters.active(FAKE if role == REAL else role, scale)
 
-    def arm(self, phase: str) -> None:
-        self.adapters.arm(phase)
+    def backbone_for(self, role: str) -> Backbone:
+        return self.backbone
+
+    def activate(self, role: str) -> None:
+        self.adapters.use(role)
 
     def transformer(self, role: str) -> torch.nn.Module:
         return self.backbone.transformer
@@ -159,14 +184,13 @@ class CopiesRoles(Roles):
             self.backbones[role].transformer = module
         self.params = {role: list(module.parameters()) for role, module in self.modules.items()}
 
-    def velocity(self, role, x, s, cond, scale=None):
+    def role_context(self, role, scale=None):
         if scale is not None and scale != 1.0:
             raise ValueError(f"scale={scale}: full-copy roles have no adapter to scale; use method.roles=lora")
-        return self.backbones[role].velocity(x, s, cond, self.cfg.guidance)
+        return contextlib.nullcontext()  # each role has its own transformer (``backbone_for``)
 
-    def arm(self, phase: str) -> None:
-        for role, module in self.modules.items():
-            module.requires_grad_(role == phase)
+    def backbone_for(self, role: str) -> Backbone:
+        return self.backbones[role]
 
     def transformer(self, role: str) -> torch.nn.Module:
         return self.backbones[role].transformer

@@ -87,6 +87,7 @@ def moving_psnr(x: torch.Tensor, y: torch.Tensor, threshold: float = 0.1) -> flo
 
 @register
 class VAEMethod(Method):
+    uses_optim_lr = True
     name = "vae"
     config_class = VAEConfig
 
@@ -127,7 +128,7 @@ class VAEMethod(Method):
         return backbone_for(pipe)
 
     def param_groups(self):
-        return {"vae": ([p for p in self.vae.parameters() if p.requires_grad], self.train_cfg.optim.lr)}
+        return {"vae": ([p for p in self.vae.parameters() if p.requires_grad], self.train_cfg.optim.learning_rate)}
 
     def batch(self, step: int) -> dict:
         size = self.train_cfg.batch_size  # draws are made for the global batch, then this process's rows kept
@@ -218,7 +219,9 @@ class VAEMethod(Method):
         return {"psnr_heldout": self.heldout_psnr(), "psnr_moving_heldout": self.heldout_psnr(moving=True)}
 
     @torch.no_grad()
-    def export(self, out_dir: Path) -> None:
+    def export(self, out_dir: Path, write: bool = True) -> None:
+        if not write:  # another process of a data-parallel run: the main one writes
+            return
         lat = []
         for i in range(0, self.cfg.scale_clips, 16):
             vids = torch.stack([self.data[j]["video"] for j in range(i, min(i + 16, self.cfg.scale_clips))])

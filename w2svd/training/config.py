@@ -7,10 +7,14 @@ from typing import Any
 
 from w2svd.config import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, check_values
 
+DEFAULT_LR = 1e-4
+
 
 @dataclasses.dataclass
 class OptimConfig:
-    lr: float = 1e-4
+    # learning rate of the single-optimiser methods (vae, flow_matching, features); None: DEFAULT_LR. The distillation
+    # methods and LCM take theirs from the method section (generator_lr / fake_lr, lr) and refuse this one
+    lr: float | None = None
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     eps: float = 1e-8
@@ -19,11 +23,17 @@ class OptimConfig:
     schedule: str = "constant"  # constant | cosine
     min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr
 
+    @property
+    def learning_rate(self) -> float:
+        return DEFAULT_LR if self.lr is None else self.lr
+
     def validate(self) -> None:
         if self.schedule not in ("constant", "cosine"):
             raise ConfigError(f"optim.schedule={self.schedule!r} must be 'constant' or 'cosine'")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"optim.lr={self.lr} must be > 0")
         check_values(
-            self, "optim", lr=POSITIVE, eps=POSITIVE, weight_decay=NON_NEGATIVE, grad_clip=NON_NEGATIVE,
+            self, "optim", eps=POSITIVE, weight_decay=NON_NEGATIVE, grad_clip=NON_NEGATIVE,
             warmup_steps=NON_NEGATIVE, min_lr_ratio=UNIT,
         )  # fmt: skip
         if not all(0 <= b < 1 for b in self.betas):

@@ -44,6 +44,11 @@ def resolve_method(cfg: TrainConfig) -> tuple[type[Method], object]:
     if name not in METHODS:
         raise ConfigError(f"config.method.name={name!r} is not a known method; valid: {sorted(METHODS)}")
     cls = METHODS[name]
+    if cfg.optim.lr is not None and not cls.uses_optim_lr:
+        raise ConfigError(
+            f"optim.lr={cfg.optim.lr} is not used by method {name!r}, which sets its learning rates in the method "
+            "section (w2svd: method.generator_lr and method.fake_lr; lcm: method.lr); remove optim.lr"
+        )
     return cls, from_dict(cls.config_class, args, f"config.method({name})")
 
 
@@ -225,6 +230,7 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
             logs: dict[str, float] = {}
             problem = ""
             for phase in method.phases(step):
+                method.arm(phase)  # the one place that decides what learns (role switches never do)
                 loss, terms = method.loss(phase, batch)
                 value = mean_over_processes(loss.detach(), world)  # every process takes the same branch below
                 if not math.isfinite(value):
@@ -239,8 +245,14 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
                         log.warning("%s: update skipped (skip_nonfinite), %d skipped so far", problem, skipped)
                     optimizers[phase].zero_grad(set_to_none=True)
                     continue
+                method.arm(phase)  # again: the trained network active for what backward recomputes
                 accelerator.backward(loss)
                 params = groups[phase][0]
+                if not any(p.grad is not None for p in params):
+                    raise RuntimeError(
+                        f"step {step}: the loss of phase {phase!r} gave its {len(params)} parameters no gradient; "
+                        "the method's loss does not depend on what this phase trains"
+                    )
                 if world > 1:  # sharded gradients arrive reduce-scattered and averaged already
                     average_gradients([p for p in params if not sharding.is_sharded(p)], world)
                 if cfg.optim.grad_clip > 0 and sharded_modules:
@@ -285,10 +297,7 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
         bar.close()
     run_validation(method, accelerator, out, step, bool(sharded_modules))
     method.train(False)
-    if sharded_modules:  # every process takes part in gathering the shards; the main one writes
-        method.export(out, write=main)
-    elif main:
-        method.export(out)
+    method.export(out, write=main)  # every process takes part (sharded modules gather); the main one writes
     if main:
         seconds = elapsed + time.perf_counter() - t0
         (out / "train_time.json").write_text(json.dumps({"seconds": round(seconds, 1), "steps": step}))

@@ -1,0 +1,79 @@
+"""W2SVD in four stateless pieces, named as in the paper (our reading of arXiv 2503.13319; see the README).
+
+- **real score**: the frozen backbone plus ``alpha_weak`` x the fake-score LoRA (0: vanilla DMD's teacher), guided
+  against the empty prompt as the base samples (``guided``);
+- **generator rollout** (backward simulation, DMD2): the few-step sampler itself (``sampling.sample_renoise``) run
+  without gradient from pure noise through the first k steps of the generator's sigma list, then one x0 prediction
+  with gradient;
+- **distribution-matching loss**: move the generated x0 along (x0_fake - x0_real) at a random noise level,
+  normalised per sample (DMD2) or over the batch (FastVideo);
+- **fake-score loss**: flow matching of the fake score on generated latents, plus ``lambda_gt`` x the same loss on
+  data latents (the ground-truth term).
+
+Every network is a velocity function ``v(x_s, s)``; which adapter or copy computes it is ``methods/roles.py``'s
+business, so nothing here holds state. Rectified-flow notation: x_s = (1 - s) x0 + s eps, v = eps - x0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from w2svd.sampling import NoiseFn, guided, noised, sample_renoise, x0_from_v
+
+__all__ = ["distribution_matching_loss", "fake_score_loss", "guided", "noised", "rollout", "x0_from_v"]
+
+VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_s (B, ...), s (B,) or float) -> v
+
+
+def rollout(generator: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, k: int, noise_fn: NoiseFn):
+    """Backward simulation: the generator's own few-step sampler from pure noise to sigmas[k], no gradient."""
+    with torch.no_grad():
+        return sample_renoise(generator, noise, sigmas[: k + 1], noise_fn) if k else noise
+
+
+def distribution_matching_loss(
+    x0_hat: torch.Tensor,
+    real: VelocityFn,
+    fake: VelocityFn,
+    s: torch.Tensor,
+    eps: torch.Tensor,
+    normalizer: str = "per_sample",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """DMD's generator loss at noise levels s (B,): 0.5 ||x0_hat - sg(x0_hat - grad)||^2, whose gradient with
+    respect to x0_hat is ``grad`` = (x0_fake - x0_real) / mean|x0_hat - x0_real| (divided by the element count)."""
+    x0 = x0_hat.detach()
+    x_s = noised(x0, eps, s)
+    with torch.no_grad():
+        x0_real = x0_from_v(x_s, s, real(x_s, s))
+        x0_fake = x0_from_v(x_s, s, fake(x_s, s))
+        if normalizer == "per_sample":
+            norm = (x0 - x0_real).abs().mean(dim=tuple(range(1, x0.dim())), keepdim=True)
+        else:
+            norm = (x0 - x0_real).abs().mean()
+        grad = torch.nan_to_num((x0_fake - x0_real) / norm.clamp_min(1e-6))
+    loss = 0.5 * F.mse_loss(x0_hat, (x0_hat - grad).detach())
+    terms = {
+        "dm/grad_norm": float(grad.flatten(1).norm(dim=1).mean()),
+        "dm/real_fake_gap": float((x0_fake - x0_real).abs().mean()),
+    }
+    return loss, terms
+
+
+def fake_score_loss(
+    flow_matching: Callable[[VelocityFn, torch.Tensor], torch.Tensor],
+    fake: VelocityFn,
+    x0_generated: torch.Tensor,
+    x0_data: torch.Tensor,
+    lambda_gt: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The fake score's flow-matching loss on generated latents, + lambda_gt x on data latents (the GT term)."""
+    loss = flow_matching(fake, x0_generated)
+    terms = {"fake/loss_generated": loss.item()}
+    if lambda_gt > 0:
+        loss_gt = flow_matching(fake, x0_data)
+        loss = loss + lambda_gt * loss_gt
+        terms["fake/loss_real"] = loss_gt.item()
+    return loss, terms
