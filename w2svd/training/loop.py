@@ -147,125 +147,17 @@ def train(cfg: TrainConfig, progress: bool = True, allow_config_change: bool = F
 
 
 def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    launched = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
-    accelerator = Accelerator(
-        cpu=launched > 1 and not torch.cuda.is_available(),  # several processes without GPUs: gloo on CPU
-        mixed_precision=cfg.mixed_precision,
-        log_with="tensorboard",
-        project_dir=str(out),
-        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s))],
-    )
-    world, main = accelerator.num_processes, accelerator.is_main_process
-    if launched > 1 and world != launched:
-        raise RuntimeError(
-            f"WORLD_SIZE={launched} processes were launched but accelerate set up {world}; "
-            "launch with `accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`"
-        )
-    shard = shard_for(cfg.batch_size, world, accelerator.process_index)
-    set_seed(cfg.seed)
-    with accelerator.main_process_first():  # the main process builds a missing latent cache, the others read it
-        method = build_method(cfg, accelerator.device)
-    method.shard = shard
-    fsdp = fsdp_settings(cfg, accelerator) if world > 1 else None
-    sharded_modules: list[torch.nn.Module] = []
-    if fsdp is not None:
-        sharded_modules = method.sharded_modules()
-        if not sharded_modules:
-            raise ConfigError(
-                f"method {method.name!r} does not support sharding=fsdp (only the distillation methods do); "
-                "set sharding=none"
-            )
-        units = sharding.shard_modules(sharded_modules, fsdp["classes"], fsdp["reshard_after_forward"])
-        method.rebind_parameters()
-        log.info("FSDP: %d modules sharded in %d units over %d processes", len(sharded_modules), units, world)
-    groups = method.param_groups()
-    optimizers, schedulers = {}, {}
-    for phase, (params, lr) in groups.items():
-        o = cfg.optim
-        optimizers[phase] = torch.optim.AdamW(params, lr=lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-        schedulers[phase] = torch.optim.lr_scheduler.LambdaLR(optimizers[phase], lr_lambda(o, cfg.max_steps))
-
-    start, elapsed, skipped = 0, 0.0, 0
-    found = load_latest(out / "checkpoints")  # every process resumes from the same files
-    if found is not None:
-        tensors, state, path = found
-        method.load_trainable_state(tensors)
-        for phase in optimizers:
-            optimizers[phase].load_state_dict(state["optimizers"][phase])
-            sharding.shard_optimizer_state(optimizers[phase])
-            schedulers[phase].load_state_dict(state["schedulers"][phase])
-        set_rng_state(state["rng"])
-        start = int(state["step"])
-        elapsed = float(state.get("elapsed_seconds", 0.0))
-        skipped = int(state.get("skipped_nonfinite", 0))
-        log.info("resumed from %s at step %d", path, start)
-
-    def checkpoint(step: int) -> None:
-        tensors = sharding.gather(method.trainable_state()) if sharded_modules else method.trainable_state()
-        optim_states = {k: v.state_dict() for k, v in optimizers.items()}
-        if sharded_modules:  # every process takes part in gathering the shards; the main one writes
-            optim_states = {k: sharding.gather(v) for k, v in optim_states.items()}
-        if not main:
-            return
-        state = {
-            "optimizers": optim_states,
-            "schedulers": {k: v.state_dict() for k, v in schedulers.items()},
-            "elapsed_seconds": elapsed + time.perf_counter() - t0,
-            "skipped_nonfinite": skipped,
-        }
-        save_checkpoint(out / "checkpoints", step, tensors, state, cfg.checkpoints_total_limit)
-
-    accelerator.init_trackers("logs")
-    method.train(True)
-    bar = tqdm(
-        total=cfg.max_steps, initial=start, desc=method.name, disable=not (progress and main), dynamic_ncols=True
-    )
-    step, consecutive = start, 0
-    t0 = time.perf_counter()
+    run = Run(cfg, out)
+    run.resume()
+    run.accelerator.init_trackers("logs")
+    run.method.train(True)
+    quiet = not (progress and run.main)
+    bar = tqdm(total=cfg.max_steps, initial=run.start, desc=run.method.name, disable=quiet, dynamic_ncols=True)
+    step, consecutive = run.start, 0
+    run.t0 = time.perf_counter()  # wall time and steps/s count training, not building and resuming
     try:
         while step < cfg.max_steps:
-            batch = method.batch(step)
-            logs: dict[str, float] = {}
-            problem = ""
-            for phase in method.phases(step):
-                method.arm(phase)  # the one place that decides what learns (role switches never do)
-                loss, terms = method.loss(phase, batch)
-                value = mean_over_processes(loss.detach(), world)  # every process takes the same branch below
-                if not math.isfinite(value):
-                    problem = f"step {step}: loss of phase {phase!r} is {value} (terms {terms})"
-                    if not cfg.skip_nonfinite:
-                        raise NonFiniteLossError(
-                            f"{problem}; the last checkpoint in {out / 'checkpoints'} is kept; "
-                            "lower the learning rate or check data (or set skip_nonfinite=true)"
-                        )
-                    skipped += 1
-                    if main:
-                        log.warning("%s: update skipped (skip_nonfinite), %d skipped so far", problem, skipped)
-                    optimizers[phase].zero_grad(set_to_none=True)
-                    continue
-                method.arm(phase)  # again: the trained network active for what backward recomputes
-                accelerator.backward(loss)
-                params = groups[phase][0]
-                if not any(p.grad is not None for p in params):
-                    raise RuntimeError(
-                        f"step {step}: the loss of phase {phase!r} gave its {len(params)} parameters no gradient; "
-                        "the method's loss does not depend on what this phase trains"
-                    )
-                if world > 1:  # sharded gradients arrive reduce-scattered and averaged already
-                    average_gradients([p for p in params if not sharding.is_sharded(p)], world)
-                if cfg.optim.grad_clip > 0 and sharded_modules:
-                    logs[f"{phase}/grad_norm"] = sharding.clip_grad_norm(params, cfg.optim.grad_clip)
-                elif cfg.optim.grad_clip > 0:
-                    logs[f"{phase}/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
-                optimizers[phase].step()
-                schedulers[phase].step()
-                optimizers[phase].zero_grad(set_to_none=True)
-                method.after_step(phase)
-                logs[f"{phase}/loss"] = value  # the mean over processes; terms are the main process's
-                logs[f"{phase}/lr"] = schedulers[phase].get_last_lr()[0]
-                logs.update(terms)
+            logs, problem = run.train_step(step)
             consecutive = consecutive + 1 if problem else 0
             if consecutive > MAX_CONSECUTIVE_SKIPS:
                 raise NonFiniteLossError(
@@ -273,37 +165,183 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
                     f"{MAX_CONSECUTIVE_SKIPS}); the last checkpoint in {out / 'checkpoints'} is kept; "
                     "lower the learning rate or check data"
                 )
-            if cfg.skip_nonfinite:
-                logs["train/skipped_nonfinite"] = skipped
             step += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
-                logs["time/steps_per_s"] = (step - start) / (time.perf_counter() - t0)
-                accelerator.log(logs, step=step)
-                losses = {k.split("/")[0]: f"{v:.4g}" for k, v in logs.items() if k.endswith("/loss")}
-                bar.set_postfix(losses)
-                if main and not progress:  # keep a readable trace in log files
-                    log.info("step %d/%d %s %.2f steps/s", step, cfg.max_steps, losses, logs["time/steps_per_s"])
+                run.log(step, logs, bar, progress)
             if cfg.validate_every and step % cfg.validate_every == 0 and step < cfg.max_steps:
-                run_validation(method, accelerator, out, step, bool(sharded_modules))
+                run_validation(run.method, run.accelerator, out, step, bool(run.sharded_modules))
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                checkpoint(step)
+                run.checkpoint(step)
     except KeyboardInterrupt:
-        if step > start and main and not sharded_modules:  # gathering shards would need every process
-            checkpoint(step)
+        if step > run.start and run.main and not run.sharded_modules:  # gathering shards needs every process
+            run.checkpoint(step)
             log.warning("interrupted: saved a checkpoint at step %d; re-run the same command to resume", step)
         raise
     finally:
         bar.close()
-    run_validation(method, accelerator, out, step, bool(sharded_modules))
-    method.train(False)
-    method.export(out, write=main)  # every process takes part (sharded modules gather); the main one writes
-    if main:
-        seconds = elapsed + time.perf_counter() - t0
-        (out / "train_time.json").write_text(json.dumps({"seconds": round(seconds, 1), "steps": step}))
-    accelerator.wait_for_everyone()  # every process returns once the artifact is written
-    accelerator.end_training()
+    run_validation(run.method, run.accelerator, out, step, bool(run.sharded_modules))
+    run.finish(step)
     return out
+
+
+class Run:
+    """One training run's live state: accelerator, method, optimisers and schedulers per phase, counters."""
+
+    def __init__(self, cfg: TrainConfig, out: Path) -> None:
+        self.cfg, self.out = cfg, out
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        launched = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
+        self.accelerator = accelerator = Accelerator(
+            cpu=launched > 1 and not torch.cuda.is_available(),  # several processes without GPUs: gloo on CPU
+            mixed_precision=cfg.mixed_precision,
+            log_with="tensorboard",
+            project_dir=str(out),
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s))],
+        )
+        self.world, self.main = accelerator.num_processes, accelerator.is_main_process
+        if launched > 1 and self.world != launched:
+            raise RuntimeError(
+                f"WORLD_SIZE={launched} processes were launched but accelerate set up {self.world}; "
+                "launch with `accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`"
+            )
+        shard = shard_for(cfg.batch_size, self.world, accelerator.process_index)
+        set_seed(cfg.seed)
+        with accelerator.main_process_first():  # the main process builds a missing latent cache, the others read it
+            self.method = build_method(cfg, accelerator.device)
+        self.method.shard = shard
+        self.sharded_modules = self._shard()
+        self.groups = self.method.param_groups()
+        self.optimizers, self.schedulers = {}, {}
+        o = cfg.optim
+        for phase, (params, lr) in self.groups.items():
+            opt = torch.optim.AdamW(params, lr=lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+            self.optimizers[phase] = opt
+            self.schedulers[phase] = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, cfg.max_steps))
+        self.start, self.elapsed, self.skipped = 0, 0.0, 0
+        self.t0 = time.perf_counter()
+
+    def _shard(self) -> list[torch.nn.Module]:
+        """FSDP2-shard the method's transformers when this run shards; the modules sharded (none otherwise)."""
+        fsdp = fsdp_settings(self.cfg, self.accelerator) if self.world > 1 else None
+        if fsdp is None:
+            return []
+        modules = self.method.sharded_modules()
+        if not modules:
+            raise ConfigError(
+                f"method {self.method.name!r} does not support sharding=fsdp (only the distillation methods do); "
+                "set sharding=none"
+            )
+        units = sharding.shard_modules(modules, fsdp["classes"], fsdp["reshard_after_forward"])
+        self.method.rebind_parameters()
+        log.info("FSDP: %d modules sharded in %d units over %d processes", len(modules), units, self.world)
+        return modules
+
+    def resume(self) -> None:
+        """Load the newest checkpoint that verifies, if any (every process reads the same files)."""
+        found = load_latest(self.out / "checkpoints")
+        if found is None:
+            return
+        tensors, state, path = found
+        self.method.load_trainable_state(tensors)
+        for phase, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][phase])
+            sharding.shard_optimizer_state(opt)
+            self.schedulers[phase].load_state_dict(state["schedulers"][phase])
+        set_rng_state(state["rng"])
+        self.start = int(state["step"])
+        self.elapsed = float(state.get("elapsed_seconds", 0.0))
+        self.skipped = int(state.get("skipped_nonfinite", 0))
+        log.info("resumed from %s at step %d", path, self.start)
+
+    def checkpoint(self, step: int) -> None:
+        method, sharded = self.method, bool(self.sharded_modules)
+        tensors = sharding.gather(method.trainable_state()) if sharded else method.trainable_state()
+        optim_states = {k: v.state_dict() for k, v in self.optimizers.items()}
+        if sharded:  # every process takes part in gathering the shards; the main one writes
+            optim_states = {k: sharding.gather(v) for k, v in optim_states.items()}
+        if not self.main:
+            return
+        state = {
+            "optimizers": optim_states,
+            "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
+            "elapsed_seconds": self.elapsed + time.perf_counter() - self.t0,
+            "skipped_nonfinite": self.skipped,
+        }
+        save_checkpoint(self.out / "checkpoints", step, tensors, state, self.cfg.checkpoints_total_limit)
+
+    def train_step(self, step: int) -> tuple[dict[str, float], str]:
+        """Every phase of ``step``: (logs, the non-finite problem of a skipped phase or '')."""
+        batch = self.method.batch(step)
+        logs: dict[str, float] = {}
+        problem = ""
+        for phase in self.method.phases(step):
+            self.method.arm(phase)  # the one place that decides what learns (role switches never do)
+            loss, terms = self.method.loss(phase, batch)
+            value = mean_over_processes(loss.detach(), self.world)  # every process takes the same branch below
+            if not math.isfinite(value):
+                problem = self._skip(step, phase, value, terms)
+                continue
+            self.method.arm(phase)  # again: the trained network active for what backward recomputes
+            self.update(step, phase, loss, logs)
+            logs[f"{phase}/loss"] = value  # the mean over processes; terms are the main process's
+            logs[f"{phase}/lr"] = self.schedulers[phase].get_last_lr()[0]
+            logs.update(terms)
+        if self.cfg.skip_nonfinite:
+            logs["train/skipped_nonfinite"] = self.skipped
+        return logs, problem
+
+    def _skip(self, step: int, phase: str, value: float, terms: dict) -> str:
+        problem = f"step {step}: loss of phase {phase!r} is {value} (terms {terms})"
+        if not self.cfg.skip_nonfinite:
+            raise NonFiniteLossError(
+                f"{problem}; the last checkpoint in {self.out / 'checkpoints'} is kept; "
+                "lower the learning rate or check data (or set skip_nonfinite=true)"
+            )
+        self.skipped += 1
+        if self.main:
+            log.warning("%s: update skipped (skip_nonfinite), %d skipped so far", problem, self.skipped)
+        self.optimizers[phase].zero_grad(set_to_none=True)
+        return problem
+
+    def update(self, step: int, phase: str, loss: torch.Tensor, logs: dict[str, float]) -> None:
+        """Backward, gradient averaging and clipping, and the optimiser and scheduler step of ``phase``."""
+        self.accelerator.backward(loss)
+        params, clip = self.groups[phase][0], self.cfg.optim.grad_clip
+        if not any(p.grad is not None for p in params):
+            raise RuntimeError(
+                f"step {step}: the loss of phase {phase!r} gave its {len(params)} parameters no gradient; "
+                "the method's loss does not depend on what this phase trains"
+            )
+        if self.world > 1:  # sharded gradients arrive reduce-scattered and averaged already
+            average_gradients([p for p in params if not sharding.is_sharded(p)], self.world)
+        if clip > 0 and self.sharded_modules:
+            logs[f"{phase}/grad_norm"] = sharding.clip_grad_norm(params, clip)
+        elif clip > 0:
+            logs[f"{phase}/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        self.optimizers[phase].step()
+        self.schedulers[phase].step()
+        self.optimizers[phase].zero_grad(set_to_none=True)
+        self.method.after_step(phase)
+
+    def log(self, step: int, logs: dict[str, float], bar, progress: bool) -> None:
+        logs["time/steps_per_s"] = (step - self.start) / (time.perf_counter() - self.t0)
+        self.accelerator.log(logs, step=step)
+        losses = {k.split("/")[0]: f"{v:.4g}" for k, v in logs.items() if k.endswith("/loss")}
+        bar.set_postfix(losses)
+        if self.main and not progress:  # keep a readable trace in log files
+            log.info("step %d/%d %s %.2f steps/s", step, self.cfg.max_steps, losses, logs["time/steps_per_s"])
+
+    def finish(self, step: int) -> None:
+        """Export the method's artifact and the wall time; every process returns once they are written."""
+        self.method.train(False)
+        self.method.export(self.out, write=self.main)  # every process takes part (sharded modules gather)
+        if self.main:
+            seconds = self.elapsed + time.perf_counter() - self.t0
+            (self.out / "train_time.json").write_text(json.dumps({"seconds": round(seconds, 1), "steps": step}))
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
 
 
 def run_validation(method: Method, accelerator: Accelerator, out: Path, step: int, everyone: bool = False) -> None:
