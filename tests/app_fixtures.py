@@ -35,8 +35,10 @@ def export_tiny_lora(pipeline_dir: Path, out_dir: Path, seed: int = 1) -> Path:
         for name, p in transformer.named_parameters():
             if "lora_B" in name:
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    from w2svd.generator_meta import GeneratorMeta
+
     meta = {**TINY_LORA_META, "base_model": str(pipeline_dir)}  # the base it is loaded into (checked on load)
-    save_lora(transformer, "generator", out_dir, meta, HunyuanVideoPipeline)
+    save_lora(transformer, "generator", out_dir, GeneratorMeta.from_dict(meta, "tiny"), HunyuanVideoPipeline)
     return out_dir
 
 

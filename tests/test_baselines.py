@@ -181,7 +181,7 @@ def test_video_generator_samples_with_the_lcm_lora_and_the_copies_transformer(ti
     with pytest.raises(FileNotFoundError, match="not a distilled transformer folder"):
         gen.load_transformer(str(lcm_run))  # a LoRA run has no transformer/ folder
     meta = gen.load_transformer(str(copies_run))
-    assert meta["roles"] == "copies" and gen.few_step_options == [4]
+    assert meta.training["roles"] == "copies" and gen.few_step_options == [4]
     dmd = gen.few_step([PROMPT], [3])
     assert dmd.frames.shape == (1, 5, 32, 32, 3) and dmd.frames.dtype == np.uint8 and dmd.nfe == 4
     assert gen.backbone.transformer is base and gen.pipe.transformer is base  # the base is back for baseline

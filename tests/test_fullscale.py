@@ -79,7 +79,7 @@ def test_embedded_guidance_reaches_every_role_and_the_metadata(tmp_path):
         at1["real"] = m.real_score(batch["cond"], None)(x, s)
     assert all(not torch.allclose(at6[k], at1[k]) for k in at6)
     m.cfg.guidance = 6.0
-    assert m.metadata()["guidance_scale"] == 6.0
+    assert m.generator_meta().guidance_scale == 6.0
     m.export(tmp_path / "export")
     assert read_metadata(tmp_path / "export")["guidance_scale"] == 6.0
     with pytest.raises(ConfigError, match="guidance=6.0 has no effect"):

@@ -1,5 +1,7 @@
 """The inference API: loading, input checks, few-step vs baseline, and parity with a stock diffusers call."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -131,11 +133,12 @@ def test_the_base_card_states_the_guidance_and_its_nfe():
 
 def test_the_lora_card_names_a_guided_teacher():
     from w2svd.cards import lora_card
+    from w2svd.generator_meta import GeneratorMeta
 
-    meta = {"default_steps": 4, "sigmas_by_steps": {"4": [1.0, 0.9, 0.8, 0.6, 0.0]}, "guidance_scale": 1.0}
+    meta = GeneratorMeta({"4": [1.0, 0.9, 0.8, 0.6, 0.0]}, 4, guidance_scale=1.0)
     size = {"height": 64, "width": 64, "num_frames": 9}
     assert "classifier-free guidance" not in lora_card(meta, "base", "lora", size)
-    card = lora_card({**meta, "real_cfg_scale": 2.0}, "base", "lora", size)
+    card = lora_card(dataclasses.replace(meta, real_cfg_scale=2.0), "base", "lora", size)
     assert "Distilled from the base sampled with classifier-free guidance 2" in card
 
 
@@ -213,13 +216,14 @@ def test_a_lora_whose_base_cannot_be_known_loads_with_a_warning(gen, lora_dir, t
 
 
 def test_two_different_hub_bases_are_a_mismatch():
+    from w2svd.generator_meta import GeneratorMeta
     from w2svd.lora import LoraMismatchError
 
     g = VideoGenerator.__new__(VideoGenerator)
     g.base_name = "org/base-b"
     with pytest.raises(LoraMismatchError, match="distilled from base 'org/base-a'"):
-        g.check_base({"base_model": "org/base-a"}, "x.safetensors")
-    g.check_base({"base_model": "org/base-b"}, "x.safetensors")
+        g.check_base(GeneratorMeta({"1": [1.0, 0.0]}, 1, base_model="org/base-a"), "x.safetensors")
+    g.check_base(GeneratorMeta({"1": [1.0, 0.0]}, 1, base_model="org/base-b"), "x.safetensors")
 
 
 @pytest.mark.parametrize(
@@ -274,11 +278,11 @@ def test_two_loras_each_sample_their_own_step_counts(gen, lora_dir, tmp_path):
     )
     try:
         gen.load_lora(str(two_step), add=True)
-        assert gen.few_step_options == [2, 4] and gen.lora_meta["default_steps"] == 4  # the first one's default
+        assert gen.few_step_options == [2, 4] and gen.lora_meta.default_steps == 4  # the first one's default
         res = gen.few_step([PROMPT], [6], steps=2)
         assert res.nfe == 2 and res.sigmas == [1.0, 0.5, 0.0]
         assert np.array_equal(gen.few_step([PROMPT], [6]).frames, four)  # 4 steps: still the first LoRA alone
-        with pytest.raises(ValueError, match=r"samples \['2'\] steps, as a LoRA already loaded does"):
+        with pytest.raises(ValueError, match=r"samples \[2\] steps, as a LoRA already loaded does"):
             gen.load_lora(str(two_step), add=True)
     finally:
         gen.load_lora(str(lora_dir))  # back to the one LoRA for the other tests

@@ -1,6 +1,5 @@
 """A second backbone family, Wan 2.1, through the same adapter interface: tiny random WanPipeline classes."""
 
-import json
 import re
 
 import numpy as np
@@ -60,7 +59,7 @@ def test_w2svd_distills_tiny_wan_and_stock_wan_pipeline_loads_the_lora(wan_folde
     x = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(1))
     cond = method.backbone.encode_prompts(["a woman with long red hair talking"])
     with torch.no_grad():
-        ours = method.roles.velocity(GENERATOR, x, torch.tensor([0.8]), cond)
+        ours = method.score(GENERATOR, cond)(x, torch.tensor([0.8]))
         theirs = WanBackbone(stock).velocity(x, torch.tensor([0.8]), cond)
         stock.disable_lora()
         base = WanBackbone(stock).velocity(x, torch.tensor([0.8]), cond)
@@ -69,10 +68,11 @@ def test_w2svd_distills_tiny_wan_and_stock_wan_pipeline_loads_the_lora(wan_folde
 
     # its model card names the Wan pipeline in the usage snippet and tags
     from w2svd.cards import lora_card
+    from w2svd.generator_meta import GeneratorMeta
 
-    meta = json.loads((run / "w2svd_lora.json").read_text())
+    meta = GeneratorMeta.read_json(run / "w2svd_lora.json")
     card = lora_card(meta, "org/wan-base", "org/wan-w2svd", {"height": 32, "width": 32, "num_frames": 5})
-    assert meta["pipeline"] == "WanPipeline" and "pipe = WanPipeline.from_pretrained(" in card and "wan]" in card
+    assert meta.pipeline == "WanPipeline" and "pipe = WanPipeline.from_pretrained(" in card and "wan]" in card
 
     # and w2svd's own sampler runs it few-step on the Wan base
     gen = VideoGenerator.from_pretrained(str(wan_folder), lora=str(run), device="cpu")

@@ -20,28 +20,36 @@ sys.path.insert(0, str(ROOT))
 
 def main(argv: list[str] | None = None) -> int:
     from w2svd.cards import lora_card
+    from w2svd.generator_meta import GeneratorMeta, GeneratorMetaError
     from w2svd.hub import _run_defaults
-    from w2svd.lora import WEIGHT_NAME, read_metadata
+    from w2svd.lora import WEIGHT_NAME
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--out", type=Path, default=ROOT / "assets" / "embedded" / "w2svd-4step")
+    ap.add_argument(
+        "--command",
+        default="python training/run.py --config training/configs/embedded_w2svd.yaml",
+        help="the training command, for the card",
+    )
     args = ap.parse_args(argv)
     weights = args.run_dir / WEIGHT_NAME
-    meta = read_metadata(weights) if weights.is_file() else {}
-    if not meta:
-        print(f"error: {weights} is missing or has no w2svd metadata; finish the run first", file=sys.stderr)
+    try:
+        meta = GeneratorMeta.read_lora(weights)
+    except (FileNotFoundError, GeneratorMetaError) as e:
+        print(f"error: {e}; finish the run first", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, args.out / WEIGHT_NAME)
-    (args.out / "w2svd_lora.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-    card = lora_card(meta, "assets/embedded/base", "assets/embedded/w2svd-4step", _run_defaults(args.run_dir))
+    meta.write_json(args.out / "w2svd_lora.json")
+    repo = str(args.out.resolve().relative_to(ROOT)) if args.out.resolve().is_relative_to(ROOT) else str(args.out)
+    card = lora_card(meta, "assets/embedded/base", repo, _run_defaults(args.run_dir))
     timing = args.run_dir / "train_time.json"
     if timing.is_file():
         t = json.loads(timing.read_text())
         card += (
-            f"\nTrained with `python training/run.py --config training/configs/embedded_w2svd.yaml` from the shipped "
-            f"base: {t['steps']} loop steps ({meta.get('training_steps')} generator updates) in "
+            f"\nTrained with `{args.command}` from the shipped "
+            f"base: {t['steps']} loop steps ({meta.training_steps} generator updates) in "
             f"{t['seconds'] / 60:.0f} min on a 2-core CPU. Benchmark: `docs/benchmark.md`.\n"
         )
     for extra in ("train_time.json", "validation/metrics.jsonl"):  # training figures and curve for the benchmark

@@ -21,6 +21,7 @@ from w2svd.eval import metrics
 from w2svd.eval.features import load_feature_nets
 from w2svd.eval.motion_regions import region_figures
 from w2svd.eval.temporal import ratio, summarise
+from w2svd.generator_meta import GeneratorMeta
 from w2svd.lora import WEIGHT_NAME, lora_file
 from w2svd.pipeline import GENERATOR_META, MAX_CFG_SCALE, VideoGenerator
 
@@ -127,13 +128,13 @@ class TimedGenerator:
 
 
 def training_info(run_dir: str) -> dict[str, Any]:
-    """Training steps and wall time of a run, from its exported LoRA metadata and tensorboard log."""
+    """Training steps and wall time of a run, from its exported generator metadata and train_time.json."""
     if not run_dir:
         return {}
     info: dict[str, Any] = {}
     for meta in (Path(run_dir) / "w2svd_lora.json", Path(run_dir) / "transformer" / GENERATOR_META):
         if meta.is_file():
-            info["training_steps"] = json.loads(meta.read_text()).get("training_steps")
+            info["training_steps"] = GeneratorMeta.read_json(meta).training_steps
     timing = Path(run_dir) / "train_time.json"
     if timing.is_file():
         info["training_seconds"] = json.loads(timing.read_text()).get("seconds")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from w2svd.generator_meta import GeneratorMeta
+
 
 def base_card(defaults: dict[str, Any], components: dict[str, str], report: dict[str, Any]) -> str:
     """Card of the embedded base pipeline; ``report`` holds measured figures (VAE PSNR, training time)."""
@@ -79,9 +81,9 @@ NOTES = {
 }
 
 
-def teacher_note(meta: dict[str, Any]) -> list[str]:
+def teacher_note(meta: GeneratorMeta) -> list[str]:
     """The classifier-free guidance the generator was distilled from: the LoRA samples without it, at 1 NFE/step."""
-    cfg = meta.get("real_cfg_scale", 1.0)
+    cfg = meta.real_cfg_scale
     if cfg == 1.0:
         return []
     return [
@@ -90,11 +92,11 @@ def teacher_note(meta: dict[str, Any]) -> list[str]:
     ]
 
 
-def lora_card(meta: dict[str, Any], base_repo: str, lora_repo: str, defaults: dict[str, Any]) -> str:
+def lora_card(meta: GeneratorMeta, base_repo: str, lora_repo: str, defaults: dict[str, Any]) -> str:
     """Card of a distilled LoRA with the exact stock-diffusers snippet that reproduces its sampler."""
-    steps = str(meta["default_steps"])
-    sigmas = meta["sigmas_by_steps"][steps]
-    pipeline = meta.get("pipeline", "HunyuanVideoPipeline")  # the base's diffusers pipeline class
+    steps = str(meta.default_steps)
+    sigmas = meta.sigmas_by_steps[steps]
+    pipeline = meta.pipeline  # the base's diffusers pipeline class
     family = {"WanPipeline": "wan"}.get(pipeline, "hunyuanvideo")
     lines = [
         "---",
@@ -104,12 +106,13 @@ def lora_card(meta: dict[str, Any], base_repo: str, lora_repo: str, defaults: di
         f"tags: [lora, diffusers, w2svd, few-step, {family}]",
         "---",
         "",
-        f"# {steps}-step {meta.get('method', 'w2svd').upper()} LoRA for `{base_repo}`",
+        f"# {steps}-step {meta.method.upper()} LoRA for `{base_repo}`",
         "",
         "Weak-to-strong video distillation (W2SVD): generator LoRA trained by distribution matching against a",
-        f"real score = base + {meta.get('alpha_weak')} x fake-score LoRA (lambda_gt = {meta.get('lambda_gt')}).",
+        f"real score = base + {meta.training.get('alpha_weak')} x fake-score LoRA "
+        f"(lambda_gt = {meta.training.get('lambda_gt')}).",
         f"Recommended: {steps} steps, sigmas {sigmas[:-1]} (already shifted: build the scheduler with shift=1),",
-        f"guidance {meta.get('guidance_scale')}, re-noising between steps (stochastic_sampling=True).",
+        f"guidance {meta.guidance_scale}, re-noising between steps (stochastic_sampling=True).",
         *teacher_note(meta),
         "",
         "```python",
@@ -127,14 +130,14 @@ def lora_card(meta: dict[str, Any], base_repo: str, lora_repo: str, defaults: di
         '    prompt="a woman with long red hair and glasses talking against a teal background",',
         f"    height={defaults['height']}, width={defaults['width']}, num_frames={defaults['num_frames']},",
         f"    sigmas={sigmas[:-1]}, num_inference_steps={steps},",
-        f"    guidance_scale={meta.get('guidance_scale')}, generator=torch.Generator().manual_seed(seed),",
+        f"    guidance_scale={meta.guidance_scale}, generator=torch.Generator().manual_seed(seed),",
         ").frames[0]",
         "```",
         "",
         "Training metadata (also in the safetensors header under `w2svd`):",
         "",
         "```json",
-        json.dumps(meta, indent=1, sort_keys=True),
+        json.dumps(meta.to_dict(), indent=1, sort_keys=True),
         "```",
     ]
     return "\n".join(lines) + "\n"

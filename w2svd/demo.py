@@ -105,7 +105,7 @@ class DemoHandlers:
     def default_steps(self) -> int:
         if not self.has_lora:
             return FALLBACK_DEFAULT_STEPS
-        default = int(self.generator.lora_meta.get("default_steps", self.step_options[0]))
+        default = self.generator.lora_meta.default_steps
         return default if default in self.step_options else self.step_options[0]
 
     def step_choice(self, steps: int) -> tuple[str, int]:
@@ -139,10 +139,10 @@ class DemoHandlers:
         d, n = self.generator.defaults, self.baseline_steps
         if self.has_lora:
             meta = self.generator.lora_meta
-            renoise = "with" if meta.get("renoise", True) else "without"
+            renoise = "with" if meta.renoise else "without"
             lora = (
                 f"W2SVD LoRA **{self.lora_name}** (steps {self.step_options}, guidance "
-                f"{meta.get('guidance_scale', d.guidance_scale)}, {renoise} re-noising between steps)."
+                f"{meta.guidance_scale}, {renoise} re-noising between steps)."
             )
         else:
             lora = (

@@ -72,12 +72,12 @@ def stage(
 
     ``base_repo`` (the Hub id of the base, for the card) defaults to the run's ``base_model`` when that is a repo id.
     """
-    import json
     import shutil
     import tempfile
 
     from w2svd.cards import lora_card
-    from w2svd.lora import WEIGHT_NAME, read_metadata
+    from w2svd.generator_meta import GeneratorMeta
+    from w2svd.lora import WEIGHT_NAME
 
     run_dir = Path(run_dir)
     weights = run_dir / WEIGHT_NAME
@@ -87,10 +87,8 @@ def stage(
         )
     if not REPO_ID.match(repo_id):
         raise ValueError(f"repo id {repo_id!r} must look like ORG/NAME")
-    meta = read_metadata(weights)
-    if not meta:
-        raise ValueError(f"{weights} carries no w2svd metadata; only LoRAs exported by w2svd can be staged")
-    base_repo = base_repo or str(meta.get("base_model", ""))
+    meta = GeneratorMeta.read_lora(weights)  # only LoRAs exported by w2svd carry it
+    base_repo = base_repo or meta.base_model
     if not REPO_ID.match(base_repo) or Path(base_repo).exists():
         raise ValueError(
             f"the run's base {base_repo!r} is not a Hub repo id; pass base_repo='ORG/NAME' (--base-repo) naming where "
@@ -99,7 +97,7 @@ def stage(
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="w2svd-stage-"))
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, folder / WEIGHT_NAME)
-    (folder / "w2svd_lora.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    meta.write_json(folder / "w2svd_lora.json")
     card = lora_card(meta, base_repo, repo_id, _run_defaults(run_dir))
     samples = sorted((run_dir / "validation").glob("*.mp4"))
     if samples:

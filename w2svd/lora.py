@@ -29,14 +29,15 @@ def save_lora(
     transformer,
     adapter_name: str,
     out_dir: Path,
-    metadata: dict[str, Any],
+    metadata,
     pipeline_cls,
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``adapter_name`` as diffusers-format ``pytorch_lora_weights.safetensors`` plus our metadata.
 
     Keys get the ``transformer.`` prefix that ``load_lora_weights`` filters on; the peft config is kept so
-    lora_alpha survives; ``metadata`` goes under the ``w2svd`` header key and into ``w2svd_lora.json``.
+    lora_alpha survives; ``metadata`` (a ``GeneratorMeta``) goes under the ``w2svd`` header key and into
+    ``w2svd_lora.json``.
     ``state_dict``: the adapter's full tensors by parameter name, when the module holds shards of them.
     """
     out_dir = Path(out_dir)
@@ -51,11 +52,11 @@ def save_lora(
     with safe_open(path, "pt") as f:
         header = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    header[META_KEY] = json.dumps(metadata, sort_keys=True)
+    header[META_KEY] = metadata.to_json()
     tmp = path.with_suffix(".tmp")
     save_file(tensors, tmp, metadata=header)
     tmp.replace(path)
-    (out_dir / "w2svd_lora.json").write_text(json.dumps(metadata, indent=1, sort_keys=True))
+    metadata.write_json(out_dir / "w2svd_lora.json")
     return path
 
 
@@ -153,25 +154,6 @@ def check_lora_targets(transformer, path: str | Path, config: dict | None) -> No
             f"{path} is incomplete: {len(missing)} of the {len(wanted)} modules its config targets have no weights "
             f"(first: {missing[0]!r}); re-export or re-download it"
         )
-
-
-def check_sigmas_by_steps(table: Any, where: str, default_steps: Any = None) -> None:
-    """A non-empty {steps: sigmas} table, each list strictly decreasing from 1 to a final 0, ``steps`` + 1 long."""
-    if not isinstance(table, dict) or not table:
-        raise LoraMismatchError(f"{where}: sigmas_by_steps must be a non-empty mapping of step counts to sigma lists")
-    for steps, sigmas in table.items():
-        ok = str(steps).isdigit() and int(steps) >= 1 and isinstance(sigmas, list) and len(sigmas) == int(steps) + 1
-        values = [float(v) for v in sigmas] if ok and all(isinstance(v, (int, float)) for v in sigmas) else []
-        ok = ok and len(values) == len(sigmas) and all(abs(v) < float("inf") for v in values)
-        ok = ok and abs(values[0] - 1.0) < 1e-6 and values[-1] == 0.0
-        ok = ok and all(a > b for a, b in zip(values, values[1:]))
-        if not ok:
-            raise LoraMismatchError(
-                f"{where}: sigmas_by_steps[{steps!r}]={sigmas!r} must be {steps} + 1 finite numbers falling strictly "
-                "from 1.0 to 0.0 (the sampler's noise levels); re-export the generator"
-            )
-    if default_steps is not None and str(default_steps) not in table:
-        raise LoraMismatchError(f"{where}: default_steps={default_steps!r} is not one of {sorted(table)}")
 
 
 def trainable_lora_params(transformer, adapter_name: str) -> list[torch.nn.Parameter]:

@@ -16,16 +16,15 @@ import torch
 from diffusers import DiffusionPipeline
 
 from w2svd.backbones import Backbone, Cond, backbone_for
+from w2svd.generator_meta import GeneratorMeta
 from w2svd.hub import EMBEDDED, resolve
 from w2svd.lora import (
     LoraMismatchError,
     check_lora_fits,
     check_lora_targets,
     check_lora_values,
-    check_sigmas_by_steps,
     lora_file,
     lora_peft_config,
-    read_metadata,
 )
 from w2svd.sampling import SeededRenoise, get_sigmas, guided, sample_euler, sample_renoise, seeded_noise
 
@@ -146,7 +145,7 @@ class VideoGenerator:
         self.pipe, self.defaults = pipe, defaults
         self.backbone: Backbone = backbone_for(pipe)
         # the distilled generators' metadata by adapter name ("" for a full distilled transformer), in load order
-        self.generator_metas: dict[str, dict] = {}
+        self.generator_metas: dict[str, GeneratorMeta] = {}
         self.generator_transformer = None  # a full distilled transformer (load_transformer); None: the LoRA(s)
         self.base_name: str | None = None  # what the base was loaded as ('embedded', a folder, a Hub id); None: unknown
         self.fuse = True  # merge the LoRA into the weights for few-step sampling (off under CPU offload)
@@ -154,7 +153,7 @@ class VideoGenerator:
         self._fused: str | None = None  # the adapter merged into the weights, if any
 
     @property
-    def lora_meta(self) -> dict | None:
+    def lora_meta(self) -> GeneratorMeta | None:
         """The first distilled generator's metadata (its default step count is the app's default); None if none."""
         return next(iter(self.generator_metas.values()), None)
 
@@ -169,24 +168,21 @@ class VideoGenerator:
         return gen
 
     # ---- the distilled LoRA -------------------------------------------------------------------
-    def load_lora(self, name_or_path: str, add: bool = False) -> dict:
+    def load_lora(self, name_or_path: str, add: bool = False) -> GeneratorMeta:
         """Load a distilled LoRA ('embedded', folder, file or Hub id); return its w2svd metadata.
 
         ``add`` keeps the LoRAs loaded before (say a 4-step and a 1-step one): each step count samples with the LoRA
         trained for it, so two LoRAs may not share one.
         """
         path = lora_file(resolve(name_or_path, "lora"))
-        meta = read_metadata(path)
-        if not meta:
-            raise ValueError(f"{path} has no w2svd metadata (sigmas_by_steps); was it exported by w2svd?")
-        check_sigmas_by_steps(meta.get("sigmas_by_steps"), str(path), meta.get("default_steps"))
+        meta = GeneratorMeta.read_lora(path)
         check_lora_fits(self.pipe.transformer, path)
         check_lora_values(path)
         check_lora_targets(self.pipe.transformer, path, lora_peft_config(path))
         self.check_base(meta, str(path))
         if add and self.generator_transformer is not None:
             raise ValueError(f"cannot add {path} to a full distilled transformer; load it without add=True")
-        shared = sorted(set(meta["sigmas_by_steps"]) & {str(n) for n in self.few_step_options}) if add else []
+        shared = sorted(set(meta.steps) & set(self.few_step_options)) if add else []
         if shared:
             raise ValueError(f"{path} samples {shared} steps, as a LoRA already loaded does; load one of them")
         if not add:
@@ -197,7 +193,7 @@ class VideoGenerator:
         return meta
 
     # ---- a full distilled transformer (DMD with full copies) -----------------------------------
-    def load_transformer(self, folder: str | Path) -> dict:
+    def load_transformer(self, folder: str | Path) -> GeneratorMeta:
         """Use a full distilled transformer (``<run>/transformer``) for few_step; the base stays for baseline."""
         folder = Path(folder)
         if (folder / "transformer" / "config.json").is_file():
@@ -208,10 +204,7 @@ class VideoGenerator:
                 f"{folder} is not a distilled transformer folder (needs config.json and {GENERATOR_META}); "
                 "pass the output_dir of a method.roles=copies run or its transformer/ subfolder"
             )
-        meta = json.loads(meta_path.read_text())
-        if not meta.get("sigmas_by_steps"):
-            raise ValueError(f"{meta_path} has no sigmas_by_steps; was it exported by w2svd?")
-        check_sigmas_by_steps(meta["sigmas_by_steps"], str(meta_path), meta.get("default_steps"))
+        meta = GeneratorMeta.read_json(meta_path)
         self.check_base(meta, str(folder))
         base = self.pipe.transformer
         transformer = type(base).from_pretrained(folder, dtype=base.dtype, use_safetensors=True).to(base.device).eval()
@@ -228,13 +221,13 @@ class VideoGenerator:
         self.generator_transformer, self.generator_metas = transformer, {"": meta}
         return meta
 
-    def check_base(self, meta: dict, where: str) -> None:
+    def check_base(self, meta: GeneratorMeta, where: str) -> None:
         """LoraMismatchError when the generator was distilled from another base; a warning when that is unsure.
 
         Certainly another base: the shipped embedded one against anything else, or two different Hub ids. A local
         folder against a Hub id or another folder may be a copy of it, so that only warns.
         """
-        wanted, loaded = meta.get("base_model"), self.base_name
+        wanted, loaded = meta.base_model, self.base_name
         unknown = not wanted or loaded is None or wanted == "random-tiny"
         a, b = ("", "") if unknown else (canonical_base(wanted), canonical_base(loaded))
         if not unknown and a == b:
@@ -304,7 +297,7 @@ class VideoGenerator:
     @property
     def few_step_options(self) -> list[int]:
         """Every step count of the loaded distilled generator(s)."""
-        return sorted(int(k) for meta in self.generator_metas.values() for k in meta["sigmas_by_steps"])
+        return sorted(n for meta in self.generator_metas.values() for n in meta.steps)
 
     def few_step(self, prompts: list[str], seeds: list[int], steps: int | None = None, **kw) -> GenerationResult:
         """Sample with the distilled generator trained for ``steps`` (default: the first one's) on its sigmas."""
@@ -313,14 +306,13 @@ class VideoGenerator:
                 "no distilled LoRA loaded: call load_lora(...) or pass lora= to from_pretrained "
                 "(load_transformer(...) for a full distilled transformer)"
             )
-        steps = int(steps or self.lora_meta.get("default_steps", self.few_step_options[0]))
-        found = [(a, m) for a, m in self.generator_metas.items() if str(steps) in m["sigmas_by_steps"]]
+        steps = int(steps or self.lora_meta.default_steps)
+        found = [(a, m) for a, m in self.generator_metas.items() if steps in m.steps]
         if not found:
             raise ValueError(f"this distilled generator supports {self.few_step_options} steps, not {steps}")
         adapter, meta = found[0]
-        guidance = float(meta.get("guidance_scale", self.defaults.guidance_scale))
-        sigmas = torch.tensor(meta["sigmas_by_steps"][str(steps)], dtype=torch.float32)
-        renoise = bool(meta.get("renoise", True))
+        guidance, renoise = float(meta.guidance_scale), meta.renoise
+        sigmas = torch.tensor(meta.sigmas_by_steps[str(steps)], dtype=torch.float32)
         if self.generator_transformer is not None:
             with self._sampling_with(self.generator_transformer):
                 return self.generate(prompts, seeds, sigmas=sigmas, renoise=renoise, guidance=guidance, **kw)

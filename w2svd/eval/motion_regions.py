@@ -131,7 +131,7 @@ def samplers(gen) -> list[tuple[str, Callable[[list[str], list[int]], np.ndarray
         )
     rows.append(("euler-4, no CFG", lambda p, s: gen.baseline(p, s, steps=4, cfg_scale=1.0).frames))
     if gen.lora_meta is not None:
-        rows.append((f"w2svd-{gen.lora_meta['default_steps']}", lambda p, s: gen.few_step(p, s).frames))
+        rows.append((f"w2svd-{gen.lora_meta.default_steps}", lambda p, s: gen.few_step(p, s).frames))
     return rows
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from w2svd.algorithm import distribution_matching_loss, fake_score_loss, guided,
 from w2svd.backbones import Backbone, Cond, backbone_for
 from w2svd.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, check_values
 from w2svd.data import PortraitDataset
+from w2svd.generator_meta import GeneratorMeta
 from w2svd.losses import FlowMatchingLoss, NoiseLevels, SampleNoise, VelocityFn
 from w2svd.methods.base import Method, register
 from w2svd.methods.discriminator import DiscriminatorHead, FeatureTap, discriminator_loss, generator_gan_loss
@@ -332,27 +332,29 @@ class DistillMethod(Method):
             scores = validation_metrics(self.sample, self.cfg.val_metrics_n, step, out_dir, self.generator_updates)
         return scores
 
-    def metadata(self) -> dict[str, Any]:
+    def generator_meta(self) -> GeneratorMeta:
         c = self.cfg
-        return {
-            "method": "w2svd" if (c.alpha_weak > 0 or c.lambda_gt > 0) else "dmd",
-            "roles": c.roles,
-            "base_model": self.base_name,
-            "pipeline": type(self.pipe).__name__,
-            "sigmas_by_steps": {str(c.steps): [round(float(s), 6) for s in self.sigmas]},
-            "default_steps": c.steps,
-            "generator_shift": c.generator_shift,
-            "guidance_scale": c.guidance,
-            "real_cfg_scale": c.real_cfg_scale,  # the teacher's classifier-free guidance the generator learned
-            "renoise": True,
-            "alpha_weak": c.alpha_weak,
-            "lambda_gt": c.lambda_gt,
-            "fake_updates_per_generator_update": c.fake_updates_per_generator_update,
-            "training_steps": self.generator_updates,
-            "fake_score_updates": self.generator_updates * c.fake_updates_per_generator_update,
-            "ema_decay": c.ema_decay,
-            "discriminator": c.discriminator,
-        }
+        return GeneratorMeta(
+            sigmas_by_steps={str(c.steps): [round(float(s), 6) for s in self.sigmas]},
+            default_steps=c.steps,
+            guidance_scale=c.guidance,
+            renoise=True,
+            base_model=self.base_name,
+            pipeline=type(self.pipe).__name__,
+            method="w2svd" if (c.alpha_weak > 0 or c.lambda_gt > 0) else "dmd",
+            real_cfg_scale=c.real_cfg_scale,  # the teacher's classifier-free guidance the generator learned
+            training_steps=self.generator_updates,
+            training={
+                "roles": c.roles,
+                "generator_shift": c.generator_shift,
+                "alpha_weak": c.alpha_weak,
+                "lambda_gt": c.lambda_gt,
+                "fake_updates_per_generator_update": c.fake_updates_per_generator_update,
+                "fake_score_updates": self.generator_updates * c.fake_updates_per_generator_update,
+                "ema_decay": c.ema_decay,
+                "discriminator": c.discriminator,
+            },
+        )
 
     def export(self, out_dir: Path, write: bool = True) -> None:
         """The generator (EMA weights when ema_decay > 0): a diffusers LoRA, or a transformer folder (copies).
@@ -360,9 +362,9 @@ class DistillMethod(Method):
         Sharded: every process calls it and the one with ``write`` writes (see ``Roles.export``).
         """
         with self.ema.swapped() if self.ema is not None else contextlib.nullcontext(), torch.no_grad():
-            self.roles.export(out_dir, self.metadata(), type(self.pipe), write)
+            self.roles.export(out_dir, self.generator_meta(), type(self.pipe), write)
         if write:
-            log.info("exported %s", json.dumps(self.metadata()))
+            log.info("exported %s", self.generator_meta().to_json())
 
 
 @torch.no_grad()

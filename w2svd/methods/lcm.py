@@ -11,7 +11,6 @@ without gradient, as diffusers' LCM-LoRA example does. The student samples with 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from w2svd.algorithm import guided, noised
 from w2svd.backbones import Cond, backbone_for
 from w2svd.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, ConfigError, check_values
 from w2svd.data import PortraitDataset
+from w2svd.generator_meta import GeneratorMeta
 from w2svd.lora import lora_config, save_lora
 from w2svd.losses import consistency_distance, consistency_target
 from w2svd.methods.base import Method, register
@@ -225,28 +225,30 @@ class LCMMethod(Method):
             scores = validation_metrics(self.sample, self.cfg.val_metrics_n, step, out_dir, self.generator_updates)
         return scores
 
-    def metadata(self) -> dict[str, Any]:
+    def generator_meta(self) -> GeneratorMeta:
         c = self.cfg
-        return {
-            "method": "lcm",
-            "base_model": self.base_name,
-            "pipeline": type(self.pipe).__name__,
-            "sigmas_by_steps": {str(n): [round(float(s), 6) for s in sig] for n, sig in self.sigmas_by_steps.items()},
-            "default_steps": c.steps[0],
-            "guidance_scale": 1.0,
-            "renoise": True,
-            "training_steps": self.generator_updates,
-            "teacher_steps": c.teacher_steps,
-            "teacher_shift": c.teacher_shift,
-            "skip": c.skip,
-            "teacher_cfg_scale": c.teacher_cfg_scale,
-            "loss": c.loss,
-            "ema_decay": c.ema_decay,
-        }
+        return GeneratorMeta(
+            sigmas_by_steps={str(n): [round(float(s), 6) for s in sig] for n, sig in self.sigmas_by_steps.items()},
+            default_steps=c.steps[0],
+            guidance_scale=1.0,
+            renoise=True,
+            base_model=self.base_name,
+            pipeline=type(self.pipe).__name__,
+            method="lcm",
+            training_steps=self.generator_updates,
+            training={
+                "teacher_steps": c.teacher_steps,
+                "teacher_shift": c.teacher_shift,
+                "skip": c.skip,
+                "teacher_cfg_scale": c.teacher_cfg_scale,
+                "loss": c.loss,
+                "ema_decay": c.ema_decay,
+            },
+        )
 
     def export(self, out_dir: Path, write: bool = True) -> None:
         """The student LoRA in diffusers format (the same file layout and metadata keys as W2SVD's)."""
         if not write:  # another process of a data-parallel run: the main one writes
             return
-        save_lora(self.transformer, GENERATOR, out_dir, self.metadata(), type(self.pipe))
-        log.info("exported %s", json.dumps(self.metadata()))
+        save_lora(self.transformer, GENERATOR, out_dir, self.generator_meta(), type(self.pipe))
+        log.info("exported %s", self.generator_meta().to_json())

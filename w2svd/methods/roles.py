@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
@@ -23,6 +21,7 @@ from peft import LoraConfig
 from safetensors.torch import save_file
 
 from w2svd.backbones import Backbone, Cond
+from w2svd.generator_meta import GeneratorMeta
 from w2svd.lora import lora_config, save_lora, trainable_lora_params
 from w2svd.pipeline import GENERATOR_META
 from w2svd.training import sharding
@@ -111,7 +110,7 @@ class Roles:
         """Re-collect ``params`` after sharding replaced the modules' parameters."""
         raise NotImplementedError
 
-    def export(self, out_dir: Path, metadata: dict[str, Any], pipeline_cls, write: bool = True) -> None:
+    def export(self, out_dir: Path, metadata: GeneratorMeta, pipeline_cls, write: bool = True) -> None:
         """Write the generator's inference artifact and ``metadata`` into ``out_dir``.
 
         Sharded modules: every process calls it (the shards are gathered) and only ``write`` ones write.
@@ -215,7 +214,7 @@ class CopiesRoles(Roles):
         folder.mkdir(parents=True, exist_ok=True)
         module.save_config(folder)
         save_file({k: v.detach().contiguous() for k, v in state.items()}, folder / SAFETENSORS_WEIGHTS_NAME)
-        (folder / GENERATOR_META).write_text(json.dumps(metadata, indent=1, sort_keys=True))
+        metadata.write_json(folder / GENERATOR_META)
 
 
 ROLES: dict[str, type[Roles]] = {"lora": LoraRoles, "copies": CopiesRoles}
