@@ -12,8 +12,8 @@ from w2svd.lora import WEIGHT_NAME, read_metadata
 from w2svd.losses import consistency_distance, consistency_target
 from w2svd.methods.roles import FAKE, GENERATOR
 from w2svd.pipeline import GENERATOR_META, VideoGenerator
+from w2svd.trainer import build_method, resolve_method, train
 from w2svd.training.config import TrainConfig
-from w2svd.training.loop import build_method, resolve_method, train
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 PROMPT = "a man with short black hair smiling against a grey background"

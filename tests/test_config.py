@@ -38,7 +38,7 @@ def test_wrong_types_and_values_are_rejected(tmp_path):
 
 
 def test_method_section_is_checked(tmp_path):
-    from w2svd.training.loop import resolve_method
+    from w2svd.trainer import resolve_method
 
     cfg = load_config(TrainConfig, write(tmp_path, "method: {name: vea}\n"))
     with pytest.raises(ConfigError, match="not a known method; valid: .*'vae'"):
@@ -54,7 +54,7 @@ def test_shipped_configs_parse():
     import yaml
 
     from w2svd.benchmark import BenchmarkConfig
-    from w2svd.training.loop import resolve_method
+    from w2svd.trainer import resolve_method
 
     paths = sorted(Path(__file__).resolve().parents[1].glob("training/configs/*.yaml"))
     assert len(paths) >= 5

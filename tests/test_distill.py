@@ -7,7 +7,7 @@ from tiny_config import tiny_cfg
 
 from w2svd.lora import WEIGHT_NAME, read_metadata
 from w2svd.methods.distill import FAKE, GENERATOR
-from w2svd.training.loop import build_method, train
+from w2svd.trainer import build_method, train
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -150,7 +150,7 @@ def test_resume_continues_with_the_same_losses(tmp_path, tiny_pipeline_dir):
 
 def test_bad_values_are_rejected(tmp_path):
     from w2svd.config import ConfigError
-    from w2svd.training.loop import resolve_method
+    from w2svd.trainer import resolve_method
 
     with pytest.raises(ConfigError, match="alpha_weak=1.5 must be in \\[0, 1\\]"):
         resolve_method(tiny_cfg(tmp_path, **{"method.alpha_weak": 1.5}))

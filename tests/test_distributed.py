@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 from tiny_config import tiny_cfg
 
+from w2svd import trainer as loop
 from w2svd.config import ConfigError
 from w2svd.losses import SampleNoise
 from w2svd.methods.distill import FAKE, GENERATOR
-from w2svd.training import loop
 from w2svd.training.checkpoint import list_checkpoints
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -27,7 +27,8 @@ WORKER = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     from safetensors.torch import save_file
     from w2svd.config import load_config
-    from w2svd.training import loop, sharding
+    from w2svd import trainer as loop
+    from w2svd.training import sharding
     from w2svd.training.config import TrainConfig
 
     def dump(method):  # gathering shards is collective: under fsdp it runs in the export, where all processes are

@@ -6,10 +6,10 @@ from test_distill import tiny_cfg
 from test_prepare import portrait_frames, write_mp4
 
 from w2svd.config import ConfigError
+from w2svd.data.prepare import load_prepared, prepare
 from w2svd.lora import read_metadata
 from w2svd.methods.distill import FAKE, GENERATOR
-from w2svd.prepare import load_prepared, prepare
-from w2svd.training.loop import build_method, resolve_method, train
+from w2svd.trainer import build_method, resolve_method, train
 
 CPU = torch.device("cpu")
 

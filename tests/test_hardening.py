@@ -12,9 +12,9 @@ import torch
 from test_training import vae_cfg
 
 from w2svd.config import ConfigError
+from w2svd.trainer import train
 from w2svd.training import checkpoint as ckpt_mod
 from w2svd.training.checkpoint import CheckpointError, list_checkpoints, load_latest, prune, save_checkpoint
-from w2svd.training.loop import train
 from w2svd.training.run_folder import HISTORY, RunLock, RunLockedError
 
 
@@ -188,7 +188,7 @@ def test_a_corrupt_latent_cache_is_moved_aside_and_rebuilt(tmp_path, tiny_pipeli
 
     from w2svd.backbones import backbone_for
     from w2svd.data import PortraitDataset
-    from w2svd.training.latent_cache import load_or_build
+    from w2svd.data.latent_cache import load_or_build
 
     backbone = backbone_for(HunyuanVideoPipeline.from_pretrained(tiny_pipeline_dir))
     data = PortraitDataset("train", num_frames=5, size=32)

@@ -20,8 +20,8 @@ from w2svd.comfy import COMFY_WEIGHT_NAME, to_original
 from w2svd.config import from_dict
 from w2svd.hub import main, push, stage
 from w2svd.lora import WEIGHT_NAME, read_metadata
+from w2svd.trainer import train
 from w2svd.training.config import TrainConfig
-from w2svd.training.loop import train
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 BASE = "hunyuanvideo-community/HunyuanVideo"

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 from accelerate.utils import DistributedType
 
+from w2svd import trainer as loop
 from w2svd.config import ConfigError, load_config
-from w2svd.training import loop
 from w2svd.training.config import TrainConfig
 from w2svd.training.sharding import wrap_units
 

@@ -11,8 +11,8 @@ from w2svd.config import from_dict
 from w2svd.data import ATTRIBUTE_NAMES, heldout_examples
 from w2svd.eval import evaluate_generator, frechet_distance, load_feature_nets, real_generator
 from w2svd.eval.metrics import LADDER, adherence, degradation_ladder, embed, reference_examples, render_examples
+from w2svd.trainer import build_method, train
 from w2svd.training.config import TrainConfig
-from w2svd.training.loop import build_method, train
 
 N = 96  # clips per set: enough for stable 64-dim Frechet distances, small enough for one core
 

@@ -17,8 +17,8 @@ PROMPT = "a woman with long red hair and glasses talking against a teal backgrou
 @pytest.fixture(scope="module")
 def lora_dir(tmp_path_factory, tiny_pipeline_dir):
     from w2svd.config import from_dict
+    from w2svd.trainer import train
     from w2svd.training.config import TrainConfig
-    from w2svd.training.loop import train
 
     tmp = tmp_path_factory.mktemp("lora")
     data = yaml.safe_load((ROOT / "training/configs/tiny_w2svd.yaml").read_text())

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from w2svd.data import render_clip, sample_portrait, video_to_tensor
+from w2svd.data.latent_cache import cache_batch
+from w2svd.data.prepare import PrepareError, load_prepared, prepare
 from w2svd.data.videos import nearest_bucket, parse_buckets, read_clip
-from w2svd.prepare import PrepareError, load_prepared, prepare
-from w2svd.training.latent_cache import cache_batch
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 BUCKETS = [(32, 32), (32, 48)]
@@ -114,7 +114,7 @@ def test_index_shards_and_skip_report(prepared):
 
 
 def test_load_prepared_matches_direct_encoding(prepared, videos, tiny_pipeline_dir):
-    from w2svd.prepare import load_encoders
+    from w2svd.data.prepare import load_encoders
 
     with pytest.raises(ValueError, match=r"\['32x32', '32x48'\]"):
         load_prepared(prepared)
@@ -137,9 +137,9 @@ def test_resume_skips_finished_shards(prepared, videos, tiny_pipeline_dir, monke
     shards = sorted(prepared.glob("shard-*.safetensors"))
     mtimes = {p: p.stat().st_mtime_ns for p in shards}
     index = (prepared / "index.json").read_text()
-    import w2svd.prepare
+    import w2svd.data.prepare
 
-    monkeypatch.setattr(w2svd.prepare, "load_encoders", lambda *a, **k: pytest.fail("nothing to encode on resume"))
+    monkeypatch.setattr(w2svd.data.prepare, "load_encoders", lambda *a, **k: pytest.fail("nothing to encode on resume"))
     run(videos, prepared, tiny_pipeline_dir)
     assert {p: p.stat().st_mtime_ns for p in shards} == mtimes
     monkeypatch.undo()
@@ -183,7 +183,7 @@ def test_data_parallel_ranks_split_shards(prepared, videos, tiny_pipeline_dir, t
 def test_a_corrupt_shard_is_refused_with_the_fix(prepared, tmp_path):
     import shutil
 
-    from w2svd.prepare import INDEX, PrepareError, load_prepared
+    from w2svd.data.prepare import INDEX, PrepareError, load_prepared
 
     copy = tmp_path / "copy"
     shutil.copytree(prepared, copy)

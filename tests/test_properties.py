@@ -23,8 +23,8 @@ from w2svd.app_utils import VideoStore, load_generator
 from w2svd.config import ConfigError, from_dict, load_config
 from w2svd.demo import DemoHandlers
 from w2svd.pipeline import MAX_PROMPT_CHARS, MAX_SEED
+from w2svd.trainer import resolve_method
 from w2svd.training.config import TrainConfig
-from w2svd.training.loop import resolve_method
 
 FEW = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PROMPT = "a young woman with curly red hair and green eyes, no glasses, talking against a teal background"
@@ -181,7 +181,7 @@ yaml_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=6,
 )
-GOOD_OVERRIDES = ["max_steps=20", "seed=3", "optim.lr=1e-3", "optim.betas=[0.9, 0.99]", "optim.schedule=cosine",
+GOOD_OVERRIDES = ["max_steps=20", "seed=3", "method.generator_lr=1e-3", "optim.betas=[0.9, 0.99]", "optim.schedule=cosine",
                   "data.num_frames=5", "mixed_precision=bf16", "output_dir=runs/x", "validate_every=0"]  # fmt: skip
 DOTTED = [*TRAIN_KEYS, "optim.lr", "optim.betas", "optim.betas.0", "data.num_frames", "method.name", "method.steps",
           "method.alpha_weak", "max_steps.sub", "a..b", "", *TYPOS]  # fmt: skip

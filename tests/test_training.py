@@ -7,9 +7,9 @@ from conftest import TINY_TEXT, TINY_TRANSFORMER, TINY_VAE
 from safetensors.torch import load_file
 
 from w2svd.config import from_dict
+from w2svd.trainer import NonFiniteLossError, build_method, train
 from w2svd.training.checkpoint import list_checkpoints, load_latest
 from w2svd.training.config import TrainConfig
-from w2svd.training.loop import NonFiniteLossError, build_method, train
 
 
 def vae_cfg(out, **kw) -> TrainConfig:
@@ -235,7 +235,7 @@ def nan_loss_on(monkeypatch, calls) -> None:
 
 def test_skip_nonfinite_skips_the_update_counts_and_logs_it(tmp_path, monkeypatch, caplog):
     nan_loss_on(monkeypatch, {1})
-    with caplog.at_level(logging.WARNING, logger="w2svd.training.loop"):
+    with caplog.at_level(logging.WARNING, logger="w2svd.trainer"):
         out = train(vae_cfg(tmp_path / "r", skip_nonfinite=True, checkpoint_every=4), progress=False)
     assert "step 1: loss of phase 'vae' is nan" in caplog.text and "1 skipped so far" in caplog.text
     _, state, _ = load_latest(out / "checkpoints")
@@ -304,7 +304,7 @@ def test_latent_cache_key_follows_the_encoder_side_not_the_decoder(tiny_pipeline
     from diffusers import HunyuanVideoPipeline
 
     from w2svd.backbones import backbone_for
-    from w2svd.training.latent_cache import _fingerprint
+    from w2svd.data.latent_cache import _fingerprint
 
     backbone = backbone_for(HunyuanVideoPipeline.from_pretrained(tiny_pipeline_dir))
     vae, key = backbone.vae, _fingerprint(backbone, [1])

@@ -8,10 +8,10 @@ import torch
 from tiny_config import tiny_cfg
 from wan_fixtures import save_tiny_wan
 
+from w2svd import trainer as loop
 from w2svd.backbones import WanBackbone, backbone_for
 from w2svd.methods.distill import GENERATOR
 from w2svd.pipeline import VideoGenerator, load_base
-from w2svd.training import loop
 
 
 @pytest.fixture(scope="module")

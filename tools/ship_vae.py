@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from diffusers import AutoencoderKLHunyuanVideo
     from diffusers.utils import logging as diffusers_logging
 
-    from w2svd.training.latent_cache import DECODER_SIDE
+    from w2svd.data.latent_cache import DECODER_SIDE
 
     diffusers_logging.set_verbosity_error()  # .to(float16) warns about modules to keep in fp32; this VAE has none
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -3,7 +3,7 @@
 python training/bench_memory.py [--size tiny|embedded] [--steps 3] [--device cpu|cuda]
 
 Each case builds its method from the shipped configs on a randomly initialised base of the chosen size and
-runs ``--steps`` training steps exactly as w2svd.training.loop does (every phase: loss, backward, clip,
+runs ``--steps`` training steps exactly as w2svd.trainer does (every phase: loss, backward, clip,
 AdamW step, zero_grad(set_to_none)), in a fresh subprocess. CPU: resident memory from /proc and
 resource.getrusage (peak reset with /proc/self/clear_refs after building); CUDA: torch.cuda allocator
 counters. Then prints an analytic table at HunyuanVideo-13B proportions.
@@ -104,8 +104,8 @@ def run_case(case: str, size: str, steps: int, device_name: str, overrides: dict
     import torch
 
     from w2svd.config import from_dict
+    from w2svd.trainer import build_method
     from w2svd.training.config import TrainConfig
-    from w2svd.training.loop import build_method
 
     torch.set_num_threads(1)
     device = torch.device(device_name)
@@ -132,7 +132,7 @@ def run_case(case: str, size: str, steps: int, device_name: str, overrides: dict
         else:
             built, reset = rss_bytes(), reset_peak()
         phases, step_seconds = [], []
-        for step in range(steps):  # as w2svd.training.loop.train does it
+        for step in range(steps):  # as w2svd.trainer.train does it
             t_step = time.perf_counter()
             batch = method.batch(step)
             for phase in method.phases(step):

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from w2svd.prepare import PrepareError, prepare
+    from w2svd.data.prepare import PrepareError, prepare
 
     try:
         index = prepare(

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)
-        from w2svd.training.loop import resolve_method, train
+        from w2svd.trainer import resolve_method, train
 
         _, method_cfg = resolve_method(cfg)  # checks the method section before any model is built
         if args.dry_run:

@@ -331,7 +331,7 @@ def write_outputs(cfg: BenchmarkConfig, report: dict[str, Any], samples: dict[st
     if cfg.grid.path and cfg.grid.rows:
         from PIL import Image, ImageDraw
 
-        from w2svd.data.__main__ import grid_image
+        from w2svd.data.grid import grid_image
 
         panels = []
         for name in [n for n in cfg.grid.rows if n in samples]:

@@ -1,4 +1,4 @@
-"""The interface every training method implements; the loop in w2svd.training.loop drives it."""
+"""The interface every training method implements; the loop in w2svd.trainer drives it."""
 
 from __future__ import annotations
 

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +22,23 @@ import numpy as np
 import torch
 
 from w2svd.algorithm import distribution_matching_loss, fake_score_loss, guided, noised, rollout, x0_from_v
-from w2svd.backbones import Backbone, Cond, backbone_for
+from w2svd.backbones import Cond, backbone_for
 from w2svd.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, check_values
-from w2svd.data import PortraitDataset
+from w2svd.data import PortraitDataset, latent_cache
 from w2svd.generator_meta import GeneratorMeta
-from w2svd.losses import FlowMatchingLoss, NoiseLevels, SampleNoise, VelocityFn
+from w2svd.losses import FlowMatchingLoss, NoiseLevels, SampleNoise
 from w2svd.methods.base import Method, register
 from w2svd.methods.discriminator import DiscriminatorHead, FeatureTap, discriminator_loss, generator_gan_loss
 from w2svd.methods.roles import FAKE, GENERATOR, REAL, ROLES
-from w2svd.methods.validation import validation_metrics
+from w2svd.methods.teacher import load_teacher
+from w2svd.methods.validation import few_step_videos, validation_metrics, write_validation_grid
 from w2svd.pipeline import MAX_CFG_SCALE
-from w2svd.sampling import SeededRenoise, get_sigmas, sample_renoise, seeded_noise
-from w2svd.training import latent_cache, sharding
-from w2svd.training.config import DataConfig
+from w2svd.sampling import get_sigmas
+from w2svd.training import sharding
 from w2svd.training.ema import EMA
 
 log = logging.getLogger(__name__)
-__all__ = ["FAKE", "GENERATOR", "REAL", "DistillConfig", "DistillMethod", "load_teacher"]
+__all__ = ["FAKE", "GENERATOR", "REAL", "DistillConfig", "DistillMethod"]
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # method.dtype
@@ -122,26 +121,6 @@ class DistillConfig:
                 "runs the fake-score LoRA in the generator's graph, and checkpointed blocks would be recomputed with "
                 "the generator LoRA active; turn one of them off"
             )
-
-
-def load_teacher(cfg: DistillConfig, device: torch.device, dtype: torch.dtype = torch.float32):
-    """The frozen base pipeline in ``dtype``: a real one, or a random tiny one built from ``random_base``."""
-    if cfg.random_base:
-        from w2svd.methods.flow_matching import FlowMatchingConfig, build_embedded_pipeline
-
-        rb = cfg.random_base
-        fm = FlowMatchingConfig(vae_init=rb["vae_init"], text=rb["text"], transformer=rb["transformer"])
-        pipe = build_embedded_pipeline(fm)
-        base_name = "random-tiny"
-    else:
-        from w2svd.pipeline import load_base
-
-        pipe, _ = load_base(cfg.base, device=str(device), dtype=dtype)
-        base_name = cfg.base
-    pipe.to(device)
-    if dtype != torch.float32:
-        pipe.to(dtype=dtype)
-    return pipe, base_name
 
 
 @register
@@ -365,35 +344,3 @@ class DistillMethod(Method):
             self.roles.export(out_dir, self.generator_meta(), type(self.pipe), write)
         if write:
             log.info("exported %s", self.generator_meta().to_json())
-
-
-@torch.no_grad()
-def few_step_videos(
-    backbone: Backbone,
-    velocity_for: Callable[[Cond], VelocityFn],
-    sigmas: torch.Tensor,
-    data: DataConfig,
-    prompts: list[str],
-    seeds: list[int],
-    device: torch.device,
-) -> torch.Tensor:
-    """Decoded videos in [-1, 1] from ``sample_renoise`` with ``velocity_for(cond)``, per-seed CPU noise."""
-    cond = backbone.encode_prompts(prompts)
-    shape = backbone.latent_shape(data.num_frames, *data.hw)
-    noise = seeded_noise(shape, seeds).to(device)
-    lat = sample_renoise(velocity_for(cond), noise, sigmas, noise_fn=SeededRenoise(seeds))
-    return backbone.decode_latents(lat)
-
-
-def write_validation_grid(
-    sample: Callable[[list[str], list[int]], torch.Tensor], n: int, step: int, out_dir: Path
-) -> None:
-    """Samples of the first ``n`` held-out prompts as ``out_dir/step-XXXXXXX.png``."""
-    from w2svd.data import heldout_examples, tensor_to_video
-    from w2svd.data.__main__ import grid_image
-
-    examples = heldout_examples(n)
-    video = sample([e.prompt for e in examples], [e.seed for e in examples])
-    clips = np.stack([tensor_to_video(v) for v in video])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    grid_image(clips, [e.prompt for e in examples]).save(out_dir / f"step-{step:07d}.png")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 from pathlib import Path
@@ -20,12 +21,11 @@ from diffusers import (
 
 from w2svd.backbones import backbone_for
 from w2svd.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, ConfigError, check_values
-from w2svd.data import PortraitDataset
+from w2svd.data import PortraitDataset, latent_cache
 from w2svd.losses import FlowMatchingLoss, NoiseLevels
 from w2svd.methods.base import Method, register
 from w2svd.models.text import build_clip_tokenizer, build_llama_tokenizer, build_text_encoders, caption_corpus
 from w2svd.sampling import get_sigmas, sample_euler, seeded_noise
-from w2svd.training import latent_cache
 from w2svd.training.ema import EMA
 
 log = logging.getLogger(__name__)
@@ -164,15 +164,11 @@ class FlowMatchingMethod(Method):
         return self.backbone.decode_latents(lat)
 
     def validate(self, step: int, out_dir: Path) -> dict[str, float]:
-        from w2svd.data import heldout_examples, tensor_to_video
-        from w2svd.data.__main__ import grid_image
+        from w2svd.methods.validation import write_validation_grid
 
-        examples = heldout_examples(self.cfg.val_prompts)
         with self.averaged():
-            video = self.sample([e.prompt for e in examples], [e.seed for e in examples], self.cfg.val_steps)
-        clips = np.stack([tensor_to_video(v) for v in video])
-        out_dir.mkdir(parents=True, exist_ok=True)
-        grid_image(clips, [e.prompt for e in examples]).save(out_dir / f"step-{step:07d}.png")
+            sample = functools.partial(self.sample, steps=self.cfg.val_steps)
+            write_validation_grid(sample, self.cfg.val_prompts, step, out_dir)
         return {}
 
     def export(self, out_dir: Path, write: bool = True) -> None:

@@ -21,16 +21,15 @@ import torch
 from w2svd.algorithm import guided, noised
 from w2svd.backbones import Cond, backbone_for
 from w2svd.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, ConfigError, check_values
-from w2svd.data import PortraitDataset
+from w2svd.data import PortraitDataset, latent_cache
 from w2svd.generator_meta import GeneratorMeta
 from w2svd.lora import lora_config, save_lora
 from w2svd.losses import consistency_distance, consistency_target
 from w2svd.methods.base import Method, register
-from w2svd.methods.distill import few_step_videos, load_teacher, write_validation_grid
 from w2svd.methods.roles import GENERATOR, LoraAdapters
-from w2svd.methods.validation import validation_metrics
+from w2svd.methods.teacher import load_teacher
+from w2svd.methods.validation import few_step_videos, validation_metrics, write_validation_grid
 from w2svd.sampling import get_sigmas
-from w2svd.training import latent_cache
 
 log = logging.getLogger(__name__)
 TARGET = "target"

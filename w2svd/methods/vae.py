@@ -110,8 +110,8 @@ class VAEMethod(Method):
     def _load_denoiser(self, name: str):
         """The base's backbone (transformer and text encoders, frozen); its VAE encoder must be ours."""
         from w2svd.backbones import backbone_for
+        from w2svd.data.latent_cache import DECODER_SIDE
         from w2svd.pipeline import load_base
-        from w2svd.training.latent_cache import DECODER_SIDE
 
         pipe, _ = load_base(name, device=str(self.device), dtype=torch.float32)
         ours, theirs = self.vae.state_dict(), pipe.vae.state_dict()

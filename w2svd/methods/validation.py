@@ -14,9 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from w2svd.backbones import Backbone, Cond
 from w2svd.data import tensor_to_video
 from w2svd.eval.features import NUM_FRAMES, SIZE
 from w2svd.eval.metrics import evaluate_generator
+from w2svd.sampling import ModelFn, SeededRenoise, sample_renoise, seeded_noise
+from w2svd.training.config import DataConfig
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -60,3 +63,35 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
             entry = json.loads(line)
             points[entry["step"]] = entry
     return [points[s] for s in sorted(points)]
+
+
+@torch.no_grad()
+def few_step_videos(
+    backbone: Backbone,
+    velocity_for: Callable[[Cond], ModelFn],
+    sigmas: torch.Tensor,
+    data: DataConfig,
+    prompts: list[str],
+    seeds: list[int],
+    device: torch.device,
+) -> torch.Tensor:
+    """Decoded videos in [-1, 1] from ``sample_renoise`` with ``velocity_for(cond)``, per-seed CPU noise."""
+    cond = backbone.encode_prompts(prompts)
+    shape = backbone.latent_shape(data.num_frames, *data.hw)
+    noise = seeded_noise(shape, seeds).to(device)
+    lat = sample_renoise(velocity_for(cond), noise, sigmas, noise_fn=SeededRenoise(seeds))
+    return backbone.decode_latents(lat)
+
+
+def write_validation_grid(
+    sample: Callable[[list[str], list[int]], torch.Tensor], n: int, step: int, out_dir: Path
+) -> None:
+    """Samples of the first ``n`` held-out prompts as ``out_dir/step-XXXXXXX.png``."""
+    from w2svd.data import heldout_examples
+    from w2svd.data.grid import grid_image
+
+    examples = heldout_examples(n)
+    video = sample([e.prompt for e in examples], [e.seed for e in examples])
+    clips = np.stack([tensor_to_video(v) for v in video])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    grid_image(clips, [e.prompt for e in examples]).save(out_dir / f"step-{step:07d}.png")

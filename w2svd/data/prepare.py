@@ -3,7 +3,7 @@
 Each resolution bucket's clips are split into shards of ``shard_size``; each shard is written atomically
 (temp name, then rename) with its file list in the header, so a re-run skips finished shards. Processes
 launched with accelerate take every k-th shard; rank 0 writes ``skipped.jsonl`` and ``index.json`` last, after
-all ranks finish. ``load_prepared`` returns the dict layout of ``w2svd.training.latent_cache``.
+all ranks finish. ``load_prepared`` returns the dict layout of ``w2svd.data.latent_cache``.
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ def check_digest(path: Path) -> str | None:
 
 def from_prepared(folder: str | Path, height: int, width: int, num_frames: int) -> dict[str, torch.Tensor]:
     """Bucket ``<height>x<width>`` of a ``training/prepare.py`` folder, in the layout ``load_or_build`` returns."""
-    from w2svd.prepare import INDEX, load_prepared
+    from w2svd.data.prepare import INDEX, load_prepared
 
     folder, bucket = Path(folder), f"{height}x{width}"
     if not (folder / INDEX).is_file():
