@@ -181,8 +181,9 @@ yaml_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=6,
 )
-GOOD_OVERRIDES = ["max_steps=20", "seed=3", "method.generator_lr=1e-3", "optim.betas=[0.9, 0.99]", "optim.schedule=cosine",
-                  "data.num_frames=5", "mixed_precision=bf16", "output_dir=runs/x", "validate_every=0"]  # fmt: skip
+GOOD_OVERRIDES = ["max_steps=20", "seed=3", "method.generator_lr=1e-3", "optim.betas=[0.9, 0.99]",
+                  "optim.schedule=cosine", "data.num_frames=5", "mixed_precision=bf16", "output_dir=runs/x",
+                  "validate_every=0"]  # fmt: skip
 DOTTED = [*TRAIN_KEYS, "optim.lr", "optim.betas", "optim.betas.0", "data.num_frames", "method.name", "method.steps",
           "method.alpha_weak", "max_steps.sub", "a..b", "", *TYPOS]  # fmt: skip
 RAW_VALUES = ["10", "-1", "0", "1e-4", "1e400", "9" * 400, ".nan", "abc", "[0.9]", "[0.9, 0.999]", "[1, 2, 3]",
