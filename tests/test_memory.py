@@ -140,3 +140,23 @@ def test_cli_for_a_pipeline_folder_and_bad_sizes(tmp_path, capsys):
     assert "multiples of 8" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="no transformer config"):
         load_spec(str(tmp_path / "transformer" / "missing"))
+
+
+def test_dry_run_prints_the_memory_plan_of_the_13b_config(capsys):
+    """The full-scale config's --dry-run ends with the planner's per-GPU figures for exactly that config."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("run_script", root / "training" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    config = root / "training" / "configs" / "hunyuanvideo_w2svd.yaml"
+    assert run.main(["--config", str(config), "--dry-run", "--gpus", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "memory plan (w2svd.memory, analytic) for hunyuanvideo: w2svd, 8 GPU(s) (fsdp), 61x544x960" in out
+    assert main(["--base", "hunyuanvideo", "--gpus", "8", "--resolution", "544x960", "--frames", "61", "--rank",
+                 "64", "--grad-checkpointing", "--lambda-gt", "0.5"]) == 0  # fmt: skip
+    planner = capsys.readouterr().out
+    total = next(line for line in planner.splitlines() if line.strip().startswith("total"))
+    assert total in out  # the same figure as the planner's own command line

@@ -25,7 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--config", required=True, help="YAML file in training/configs/")
     ap.add_argument("overrides", nargs="*", help="key=value overrides (values parsed as YAML)")
-    ap.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    ap.add_argument(
+        "--dry-run", action="store_true", help="print the resolved config (distillation: and its memory plan); exit"
+    )
+    ap.add_argument("--gpus", type=int, default=1, help="--dry-run: GPUs the memory plan assumes (default 1)")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     ap.add_argument(
         "--allow-config-change",
@@ -43,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
             resolved = dataclasses.asdict(cfg)
             resolved["method"] = {"name": cfg.method["name"], **dataclasses.asdict(method_cfg)}
             print(yaml.safe_dump(resolved, sort_keys=False))
+            if hasattr(method_cfg, "generator_rank"):  # a distillation run: what it needs per GPU
+                from w2svd.memory import plan_for_config
+
+                try:
+                    print(plan_for_config(cfg, method_cfg, max(1, args.gpus)))
+                except (OSError, ValueError) as e:
+                    print(f"memory plan not available: {e}")
             return 0
         out = train(cfg, progress=not args.no_progress, allow_config_change=args.allow_config_change)
     except ConfigError as e:

@@ -291,6 +291,31 @@ def format_report(est: Estimate, counts: ModelCounts, header: str, gpu_memory_gi
     return "\n".join(lines)
 
 
+HUNYUANVIDEO_IDS = ("hunyuanvideo", "hunyuanvideo-community/HunyuanVideo")
+
+
+def plan_for_config(cfg, method_cfg, gpus: int = 1, gpu_memory_gib: float = 80.0) -> str:
+    """The per-GPU estimate of a distillation run's config (``training/run.py --dry-run``), as a report."""
+    base = "hunyuanvideo" if method_cfg.base in HUNYUANVIDEO_IDS else method_cfg.base
+    counts, spec = load_spec(base)
+    h, w = cfg.data.hw
+    tokens = tokens_per_clip(counts, spec["vae"], cfg.data.num_frames, h, w, spec["text_tokens"])
+    method = "dmd-copies" if method_cfg.roles == "copies" else "w2svd"
+    sharding = "fsdp" if gpus > 1 or cfg.sharding == "fsdp" else "none"
+    batch = max(1, cfg.batch_size // gpus)
+    est = estimate(
+        counts, tokens, method, gpus, batch, method_cfg.generator_rank, sharding,
+        method_cfg.gradient_checkpointing, False, method_cfg.lambda_gt,
+    )  # fmt: skip
+    header = (
+        f"memory plan (w2svd.memory, analytic) for {spec['name']}: {method}, {gpus} GPU(s) ({sharding}), "
+        f"{cfg.data.num_frames}x{h}x{w}, {batch} clip(s)/GPU, rank {method_cfg.generator_rank}, lambda_gt "
+        f"{method_cfg.lambda_gt:g}, checkpointing {'on' if method_cfg.gradient_checkpointing else 'off'}, "
+        f"{tokens} tokens/clip"
+    )
+    return format_report(est, counts, header, gpu_memory_gib)
+
+
 def _resolution(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
