@@ -61,12 +61,77 @@ def as_fp16(vae):
     return copy.deepcopy(vae).to(torch.float16).to(torch.float32)
 
 
+def decoder_only_problem(new, old, old_dir: Path) -> str | None:
+    """Why ``new`` cannot replace ``old`` in an existing base (another config or encoder), or None."""
+    import torch
+
+    from w2svd.data.latent_cache import DECODER_SIDE
+
+    skip = {"_name_or_path", "_diffusers_version"}
+    keys = (set(new.config) | set(old.config)) - skip
+    diff = sorted(k for k in keys if new.config.get(k) != old.config.get(k))
+    if diff:
+        return (
+            f"the VAE config differs from {old_dir} in {diff}; only a decoder fine-tune can be shipped "
+            "into an existing base (retrain the teacher for a new VAE)"
+        )
+    old_sd, new_sd = old.state_dict(), new.state_dict()
+    changed = [k for k in old_sd if not k.startswith(DECODER_SIDE) and not torch.equal(old_sd[k], new_sd[k])]
+    if changed:
+        return (
+            f"{len(changed)} encoder tensors differ (e.g. {changed[0]}): the latent space changed, so the "
+            "base's transformer and LoRAs would no longer match; train with method.decoder_only: true"
+        )
+    return None
+
+
+def swap_in(new, old_dir: Path, base: Path) -> None:
+    """Write the new VAE (fp16) beside the old one, then swap them: never a half-written folder."""
+    import torch
+
+    with tempfile.TemporaryDirectory(dir=base) as tmp:
+        staged = Path(tmp) / "vae"
+        new.to(torch.float16).save_pretrained(staged)
+        backup = Path(tmp) / "old"
+        old_dir.rename(backup)
+        try:
+            staged.rename(old_dir)
+        except OSError:  # put the old VAE back before the temporary folder (and it) is removed
+            backup.rename(old_dir)
+            raise
+
+
+def update_card(card: Path, run_dir: Path, figures: dict) -> None:
+    """Record the new figures and this fine-tune in the base card's JSON report (its history is kept)."""
+    if not card.is_file():
+        return
+    text = card.read_text()
+    m = re.search(r"```json\n(.*?)\n```", text, re.S)
+    if not m:
+        return
+    report = json.loads(m.group(1))
+    vae = report.setdefault("vae", {})
+    history = vae.pop("decoder_finetunes", [])
+    if "decoder_finetune" in vae:  # the single entry older cards have
+        history.append(vae.pop("decoder_finetune"))
+    entry = {"run": str(run_dir), "encoder and latent space": "kept"}
+    run_cfg = run_dir / "config.yaml"
+    if run_cfg.is_file():
+        import yaml
+
+        method = yaml.safe_load(run_cfg.read_text()).get("method", {})
+        entry.update({k: method[k] for k in ("motion_weight", "temporal_weight") if k in method})
+    for name, (b, a) in figures.items():
+        vae[name] = a
+        entry[f"{name}_fp16_before"], entry[f"{name}_fp16_after"] = b, a
+    vae["decoder_finetunes"] = history + [entry]
+    card.write_text(text[: m.start(1)] + json.dumps(report, indent=1) + text[m.end(1) :])
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
     from diffusers import AutoencoderKLHunyuanVideo
     from diffusers.utils import logging as diffusers_logging
-
-    from w2svd.data.latent_cache import DECODER_SIDE
 
     diffusers_logging.set_verbosity_error()  # .to(float16) warns about modules to keep in fp32; this VAE has none
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -88,24 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     new = AutoencoderKLHunyuanVideo.from_pretrained(new_dir, torch_dtype=torch.float32).eval()
     old = AutoencoderKLHunyuanVideo.from_pretrained(old_dir, torch_dtype=torch.float32).eval()
-    skip = {"_name_or_path", "_diffusers_version"}
-    keys = (set(new.config) | set(old.config)) - skip
-    diff = sorted(k for k in keys if new.config.get(k) != old.config.get(k))
-    if diff:
-        print(
-            f"error: the VAE config differs from {old_dir} in {diff}; only a decoder fine-tune can be shipped "
-            "into an existing base (retrain the teacher for a new VAE)",
-            file=sys.stderr,
-        )
-        return 2
-    old_sd, new_sd = old.state_dict(), new.state_dict()
-    changed = [k for k in old_sd if not k.startswith(DECODER_SIDE) and not torch.equal(old_sd[k], new_sd[k])]
-    if changed:
-        print(
-            f"error: {len(changed)} encoder tensors differ (e.g. {changed[0]}): the latent space changed, so the "
-            "base's transformer and LoRAs would no longer match; train with method.decoder_only: true",
-            file=sys.stderr,
-        )
+    problem = decoder_only_problem(new, old, old_dir)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     defaults_file = args.base / "generation_defaults.json"
     defaults = json.loads(defaults_file.read_text()) if defaults_file.is_file() else {}
@@ -128,39 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         why = f"worse on {', '.join(worse)}" if worse else "no figure changed"
         print(f"error: not better ({why}); nothing shipped (pass --force to ship anyway)", file=sys.stderr)
         return 1
-    with tempfile.TemporaryDirectory(dir=args.base) as tmp:  # write beside, then swap: no half-written folder
-        staged = Path(tmp) / "vae"
-        new.to(torch.float16).save_pretrained(staged)
-        backup = Path(tmp) / "old"
-        old_dir.rename(backup)
-        try:
-            staged.rename(old_dir)
-        except OSError:  # put the old VAE back before the temporary folder (and it) is removed
-            backup.rename(old_dir)
-            raise
-    card = args.base / "README.md"
-    if card.is_file():
-        text = card.read_text()
-        m = re.search(r"```json\n(.*?)\n```", text, re.S)
-        if m:
-            report = json.loads(m.group(1))
-            vae = report.setdefault("vae", {})
-            history = vae.pop("decoder_finetunes", [])
-            if "decoder_finetune" in vae:  # the single entry older cards have
-                history.append(vae.pop("decoder_finetune"))
-            entry = {"run": str(args.run_dir), "encoder and latent space": "kept"}
-            run_cfg = args.run_dir / "config.yaml"
-            if run_cfg.is_file():
-                import yaml
-
-                method = yaml.safe_load(run_cfg.read_text()).get("method", {})
-                entry.update({k: method[k] for k in ("motion_weight", "temporal_weight") if k in method})
-            for name, (b, a) in figures.items():
-                vae[name] = a
-                entry[f"{name}_fp16_before"], entry[f"{name}_fp16_after"] = b, a
-            vae["decoder_finetunes"] = history + [entry]
-            text = text[: m.start(1)] + json.dumps(report, indent=1) + text[m.end(1) :]
-            card.write_text(text)
+    swap_in(new, old_dir, args.base)
+    update_card(args.base / "README.md", args.run_dir, figures)
     size = sum(f.stat().st_size for f in old_dir.iterdir()) / 1e6
     print(f"shipped {new_dir} -> {old_dir} ({size:.2f} MB, fp16)")
     return 0

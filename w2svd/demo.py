@@ -337,28 +337,8 @@ def build_blocks(handlers: DemoHandlers, max_queue: int = 16) -> gr.Blocks:
             )
             run_baseline = gr.Checkbox(label=f"Also run the {h.baseline_steps}-step baseline", value=True)
         with gr.Row():
-            with gr.Column():
-                few_video = gr.Video(
-                    label=h.few_step_label(h.default_steps),
-                    autoplay=True,
-                    loop=True,
-                    buttons=["download"],
-                    interactive=False,
-                    height=VIDEO_HEIGHT,
-                    elem_id="few_video",
-                )
-                few_stats = gr.Markdown(elem_id="few_stats")
-            with gr.Column():
-                base_video = gr.Video(
-                    label=h.baseline_label,
-                    autoplay=True,
-                    loop=True,
-                    buttons=["download"],
-                    interactive=False,
-                    height=VIDEO_HEIGHT,
-                    elem_id="base_video",
-                )
-                base_stats = gr.Markdown(elem_id="base_stats")
+            few_video, few_stats = _video_column(h.few_step_label(h.default_steps), "few")
+            base_video, base_stats = _video_column(h.baseline_label, "base")
         with gr.Accordion("Details (JSON, as the API returns them)", open=False):
             stats_json = gr.JSON(label="Stats")
         inputs = [prompt, seed, randomize, few_steps, run_baseline]
@@ -387,20 +367,39 @@ def build_blocks(handlers: DemoHandlers, max_queue: int = 16) -> gr.Blocks:
         few_steps.change(
             lambda n: gr.update(label=h.few_step_label(n)), few_steps, few_video, queue=False, api_visibility="private"
         )
-        # The API (/generate): plain keyword parameters, no UI state; hidden components carry the values.
-        with gr.Column(visible=False):
-            api_inputs = [
-                as_sent(gr.Textbox(label="prompt")),
-                as_sent(gr.Number(label="seed", value=0, precision=0)),
-                as_sent(gr.Number(label="few_steps", value=h.default_steps, precision=0)),
-                as_sent(gr.Checkbox(label="run_baseline", value=True)),
-            ]
-            api_outputs = [gr.Video(label="few-step video"), gr.Video(label="baseline video"), gr.JSON(label="stats")]
-            api_button = gr.Button()
-        api_button.click(h.api, api_inputs, api_outputs, api_name="generate", concurrency_limit=1, concurrency_id="gpu")
+        _api_endpoint(h)
     blocks.queue(default_concurrency_limit=1, max_size=max_queue)
     h.blocks = blocks
     return blocks
+
+
+def _video_column(label: str, tag: str) -> tuple[gr.Video, gr.Markdown]:
+    """One side of the comparison: a looping, downloadable video with its stats line under it."""
+    with gr.Column():
+        video = gr.Video(
+            label=label,
+            autoplay=True,
+            loop=True,
+            buttons=["download"],
+            interactive=False,
+            height=VIDEO_HEIGHT,
+            elem_id=f"{tag}_video",
+        )
+        return video, gr.Markdown(elem_id=f"{tag}_stats")
+
+
+def _api_endpoint(h: DemoHandlers) -> None:
+    """/generate: plain keyword parameters, no UI state; hidden components carry the values, as sent."""
+    with gr.Column(visible=False):
+        api_inputs = [
+            as_sent(gr.Textbox(label="prompt")),
+            as_sent(gr.Number(label="seed", value=0, precision=0)),
+            as_sent(gr.Number(label="few_steps", value=h.default_steps, precision=0)),
+            as_sent(gr.Checkbox(label="run_baseline", value=True)),
+        ]
+        api_outputs = [gr.Video(label="few-step video"), gr.Video(label="baseline video"), gr.JSON(label="stats")]
+        api_button = gr.Button()
+    api_button.click(h.api, api_inputs, api_outputs, api_name="generate", concurrency_limit=1, concurrency_id="gpu")
 
 
 def _examples():
