@@ -221,7 +221,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         if "temporal/motion" in r:
             r["motion_vs_base"] = ratio(r["temporal/motion"], ref["temporal/motion"])
             r["flicker_vs_base"] = ratio(r["temporal/flicker"], ref["temporal/flicker"])
-        if "denoise_s_per_video" in r:
+        if "denoise_s_per_video" in r and not r.get("reused"):  # a kept row keeps the speed-ups of its own run
             r["speedup_denoise"] = ref["denoise_s_per_video"] / r["denoise_s_per_video"]
             r["speedup_total"] = ref["total_s_per_video"] / r["total_s_per_video"]
     report = {
@@ -311,6 +311,13 @@ def markdown(report: dict[str, Any]) -> str:
         cells = [c[2].format(r[c[0]]) if r.get(c[0]) is not None else "" for c in cols]
         cells[0] += " (earlier run)" if r.get("reused") else ""
         lines.append("| " + " | ".join(cells) + " |")
+    if any(r.get("reused") for r in rows):
+        lines += [
+            "",
+            "Rows marked *(earlier run)* are kept from an earlier run of this command (`reuse` in the config: their "
+            "weights are no longer on disk, or had not changed), with that run's sampling code and speed-ups; "
+            "columns they lack were added since.",
+        ]
     extra = sorted({k for r in rows for k in r if k.startswith("adherence/") and k not in {c[0] for c in cols}})
     if extra:
         lines += ["", "Per-attribute adherence:", "", "| method | " + " | ".join(k.split("/")[1] for k in extra) + " |"]
