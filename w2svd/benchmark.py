@@ -335,7 +335,7 @@ def write_outputs(cfg: BenchmarkConfig, report: dict[str, Any], samples: dict[st
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text)
-    if cfg.grid.path and cfg.grid.rows:
+    if cfg.grid.path and any(name in samples for name in cfg.grid.rows):  # kept rows bring no clips
         from PIL import Image, ImageDraw
 
         from w2svd.data.grid import grid_image
