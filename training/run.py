@@ -49,10 +49,11 @@ def main(argv: list[str] | None = None) -> int:
             if hasattr(method_cfg, "generator_rank"):  # a distillation run: what it needs per GPU
                 from w2svd.memory import plan_for_config
 
-                try:
-                    print(plan_for_config(cfg, method_cfg, max(1, args.gpus)))
+                try:  # as YAML comments, so the output stays a config file
+                    plan = plan_for_config(cfg, method_cfg, max(1, args.gpus))
                 except (OSError, ValueError) as e:
-                    print(f"memory plan not available: {e}")
+                    plan = f"memory plan not available: {e}"
+                print("\n".join(f"# {line}" for line in plan.splitlines()))
             return 0
         out = train(cfg, progress=not args.no_progress, allow_config_change=args.allow_config_change)
     except ConfigError as e:
