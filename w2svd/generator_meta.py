@@ -16,8 +16,6 @@ from typing import Any
 
 from w2svd.lora import LoraMismatchError, read_metadata
 
-RENOISE_SEED_OFFSET = 1  # re-noising draws of a seed come from a generator seeded with (seed + 1) mod 2**32
-
 
 class GeneratorMetaError(LoraMismatchError):
     """Metadata a sampler cannot use; the message names the file and the bad value."""
