@@ -201,3 +201,11 @@ def test_a_corrupt_latent_cache_is_moved_aside_and_rebuilt(tmp_path, tiny_pipeli
     again = load_or_build(backbone, data, 4, tmp_path, chunk=4)
     assert path.with_suffix(".corrupt").is_file()
     assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_flags_may_come_between_overrides(run_script, capsys):
+    config = Path(__file__).parents[1] / "training" / "configs" / "embedded_w2svd.yaml"
+    argv = ["--config", str(config), "max_steps=7", "--dry-run", "method.generator_rank=3", "--no-progress"]
+    assert run_script.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "max_steps: 7" in out and "generator_rank: 3" in out

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="resume a run with changed training settings (the old config is kept in config-history/)",
     )
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # flags may come between the key=value overrides
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)
