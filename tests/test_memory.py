@@ -36,8 +36,7 @@ def forward(model, config: dict, hw: int = 8, text: int = 6):
     embeds = torch.randn(1, text, config["text_embed_dim"], dtype=torch.bfloat16)
     pooled = torch.randn(1, config["pooled_projection_dim"], dtype=torch.bfloat16)
     mask = torch.ones(1, text, dtype=torch.long)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(x, torch.tensor([500.0]), embeds, mask, pooled, return_dict=False)[0]
+    out = model(x, torch.tensor([500.0]), embeds, mask, pooled, return_dict=False)[0]  # no autocast, as the loop
     return out.float().pow(2).mean(), 2 * (hw // 2) ** 2 + text
 
 
@@ -154,7 +153,8 @@ def test_dry_run_prints_the_memory_plan_of_the_13b_config(capsys):
     config = root / "training" / "configs" / "hunyuanvideo_w2svd.yaml"
     assert run.main(["--config", str(config), "--dry-run", "--gpus", "8"]) == 0
     out = capsys.readouterr().out
-    assert "memory plan (w2svd.memory, analytic) for hunyuanvideo: w2svd, 8 GPU(s) (fsdp), 61x544x960" in out
+    plan = "memory plan (w2svd.memory, fitted to measured steps) for hunyuanvideo: w2svd, 8 GPU(s) (fsdp), 61x544x960"
+    assert plan in out
     assert main(["--base", "hunyuanvideo", "--gpus", "8", "--resolution", "544x960", "--frames", "61", "--rank",
                  "64", "--grad-checkpointing", "--lambda-gt", "0.5"]) == 0  # fmt: skip
     planner = capsys.readouterr().out

@@ -33,62 +33,9 @@ MiB = 2**20
 CASES = ("w2svd-lora", "dmd-copies")
 
 
-def hunyuan_slice(double: int, single: int, frames: int, size: int) -> dict:
-    """Overrides for bench_memory.case_config: HunyuanVideo-13B's width, fewer blocks, small encoders and VAE."""
-    return {
-        "random_base": {
-            "vae_init": {
-                "latent_channels": 16,
-                "down_block_types": ["HunyuanVideoDownBlock3D"] * 4,
-                "up_block_types": ["HunyuanVideoUpBlock3D"] * 4,
-                "block_out_channels": [16, 16, 32, 32],
-                "layers_per_block": 1,
-                "norm_num_groups": 8,
-                "spatial_compression_ratio": 8,
-                "temporal_compression_ratio": 4,
-            },
-            "text": {
-                "seed": 0,
-                "vocab_size": 1024,
-                "llama": {
-                    "hidden_size": 4096,
-                    "intermediate_size": 256,
-                    "num_hidden_layers": 3,
-                    "num_attention_heads": 32,
-                    "num_key_value_heads": 8,
-                    "max_position_embeddings": 512,
-                },
-                "clip": {
-                    "hidden_size": 768,
-                    "intermediate_size": 256,
-                    "num_hidden_layers": 1,
-                    "num_attention_heads": 12,
-                    "max_position_embeddings": 77,
-                },
-            },
-            "transformer": {
-                "in_channels": 16,
-                "out_channels": 16,
-                "num_attention_heads": 24,
-                "attention_head_dim": 128,
-                "num_layers": double,
-                "num_single_layers": single,
-                "num_refiner_layers": 1,
-                "mlp_ratio": 4.0,
-                "patch_size": 2,
-                "patch_size_t": 1,
-                "guidance_embeds": True,
-                "text_embed_dim": 4096,
-                "pooled_projection_dim": 768,
-                "rope_axes_dim": [16, 56, 56],
-            },
-        },
-        "data": {"num_frames": frames, "size": size},
-        "batch_size": 1,
-    }
-
-
 def shape_overrides(args: argparse.Namespace) -> dict | None:
+    from bench_memory import hunyuan_slice
+
     if args.size == "hunyuan-slice":
         return hunyuan_slice(args.double, args.single, args.frames, args.pixels)
     return None

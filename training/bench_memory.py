@@ -6,7 +6,8 @@ Each case builds its method from the shipped configs on a randomly initialised b
 runs ``--steps`` training steps exactly as w2svd.trainer does (every phase: loss, backward, clip,
 AdamW step, zero_grad(set_to_none)), in a fresh subprocess. CPU: resident memory from /proc and
 resource.getrusage (peak reset with /proc/self/clear_refs after building); CUDA: torch.cuda allocator
-counters. Then prints an analytic table at HunyuanVideo-13B proportions.
+counters. Then prints HunyuanVideo-13B's per-GPU plan from ``w2svd.memory`` (the planner that
+training/bench_memory_13b.py validates against measured 13B-width steps).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import ctypes
 import gc
 import json
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -73,6 +73,66 @@ def case_config(case: str, size: str, cache_dir: str, overrides: dict | None = N
         "data": run["data"],
         "optim": run.get("optim", {}),
         "max_steps": 10,
+    }
+
+
+def hunyuan_slice(
+    double: int, single: int, frames: int, size: int, refiner: int = 1, heads: int = 24, text: tuple = (4096, 768)
+) -> dict:
+    """Overrides for bench_memory.case_config: HunyuanVideo-13B's width, fewer blocks, small encoders and VAE.
+
+    ``heads`` (of 128 channels: 24 in 13B) and ``text`` (the Llama and CLIP widths) shrink it for tests.
+    """
+    return {
+        "random_base": {
+            "vae_init": {
+                "latent_channels": 16,
+                "down_block_types": ["HunyuanVideoDownBlock3D"] * 4,
+                "up_block_types": ["HunyuanVideoUpBlock3D"] * 4,
+                "block_out_channels": [16, 16, 32, 32],
+                "layers_per_block": 1,
+                "norm_num_groups": 8,
+                "spatial_compression_ratio": 8,
+                "temporal_compression_ratio": 4,
+            },
+            "text": {
+                "seed": 0,
+                "vocab_size": 1024,
+                "llama": {
+                    "hidden_size": text[0],
+                    "intermediate_size": 256,
+                    "num_hidden_layers": 3,
+                    "num_attention_heads": 32,
+                    "num_key_value_heads": 8,
+                    "max_position_embeddings": 512,
+                },
+                "clip": {
+                    "hidden_size": text[1],
+                    "intermediate_size": 256,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 12 if text[1] % 12 == 0 else 4,
+                    "max_position_embeddings": 77,
+                },
+            },
+            "transformer": {
+                "in_channels": 16,
+                "out_channels": 16,
+                "num_attention_heads": heads,
+                "attention_head_dim": 128,
+                "num_layers": double,
+                "num_single_layers": single,
+                "num_refiner_layers": refiner,
+                "mlp_ratio": 4.0,
+                "patch_size": 2,
+                "patch_size_t": 1,
+                "guidance_embeds": True,
+                "text_embed_dim": text[0],
+                "pooled_projection_dim": text[1],
+                "rope_axes_dim": [16, 56, 56],
+            },
+        },
+        "data": {"num_frames": frames, "size": size},
+        "batch_size": 1,
     }
 
 
@@ -206,75 +266,30 @@ def print_measured(rows: list[dict], size: str, steps: int, device: str) -> None
         print("\nwarning: the peak counter could not be reset; step peaks include the build peak")
 
 
-ASSUMPTIONS = """
-Analytic memory at HunyuanVideo-13B proportions: transformer {P:.2f} B params, hidden {h}, {blocks} blocks;
-LoRA r={rank} on the attention/FF linears of the blocks: {L:.1f} M params per adapter.
-Assumptions: bf16 weights (2 B/param) for frozen and trained parameters alike; bf16 gradients (2 B) only for
-the phase being trained (the loop zeroes with set_to_none between phases); AdamW exp_avg + exp_avg_sq in fp32
-(8 B/param) for every trained parameter; an fp32 master copy, if kept, adds 4 B per trained parameter (column
-'fp32 master', not in 'static'). Whole run, unsharded: divide the static columns by N GPUs under FSDP/ZeRO-3.
-Activations: {act:g} B per token per hidden unit per block in bf16 (Korthikanti et al. 2022 block estimate;
-flash attention, so no tokens^2 term), the same for LoRA and full training (LoRA still backpropagates through
-every frozen block); W2SVD keeps 2 graphs in its fake-score phase (generated + ground-truth latents in one
-backward). With block checkpointing only block inputs stay (2 B x hidden x blocks per token) plus one block
-being recomputed. Per clip: {tokens:,} tokens (544x960, 21 latent frames, 2x2 patches).
-Not counted: text encoders, VAE, CUDA context, allocator fragmentation, the no-grad score passes.
-"""
+def print_analytic(rank: int) -> None:
+    """HunyuanVideo-13B per GPU from the validated planner ``w2svd.memory`` (one model for every table)."""
+    from w2svd.memory import GiB, count_transformer, estimate, tokens_per_clip
 
-
-def hunyuan_counts(ranks: tuple[int, ...]) -> dict:
-    """Parameter count of HunyuanVideo-13B's transformer (diffusers defaults, meta device) and its LoRA sizes."""
-    import torch
-    from diffusers import HunyuanVideoTransformer3DModel
-
-    from w2svd.backbones.hunyuan import HunyuanVideoBackbone
-
-    with torch.device("meta"):
-        model = HunyuanVideoTransformer3DModel()
-    c = model.config
-    target = re.compile(HunyuanVideoBackbone.lora_target_regex)
-    linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and target.fullmatch(n)]
-    return {
-        "params": sum(p.numel() for p in model.parameters()),
-        "lora": {r: sum(r * (m.in_features + m.out_features) for m in linears) for r in ranks},
-        "hidden": c.num_attention_heads * c.attention_head_dim,
-        "blocks": c.num_layers + c.num_single_layers,
-    }
-
-
-def print_analytic(rank: int, act_coeff: float, tokens: int) -> None:
-    counts = hunyuan_counts((rank,))
-    P, L, h, blocks = counts["params"], counts["lora"][rank], counts["hidden"], counts["blocks"]
-    GB = 1e9
-    act_token = act_coeff * h * blocks  # bytes kept for backward per token, one graph, no checkpointing
-    ckpt_token = 2 * h * blocks  # block inputs only, with per-block gradient checkpointing
-    # (name, frozen params, trained params, params with gradients at once, graphs kept for backward)
-    rows = [
-        ("full fine-tune (1 model)", 0, P, P, 1),
-        (f"W2SVD (LoRA roles, r={rank}, lambda_gt>0)", P, 2 * L, L, 2),
-        (f"W2SVD (LoRA roles, r={rank}, lambda_gt=0)", P, 2 * L, L, 1),
-        (f"DMD with LoRA fake score (r={rank})", P, 2 * L, L, 1),
-        ("DMD with full copies (DMD2/FastVideo)", P, 2 * P, P, 1),
-        (f"LCM-LoRA (r={rank}, EMA target LoRA)", P + L, L, L, 1),
-    ]
-    print(ASSUMPTIONS.format(P=P / 1e9, h=h, blocks=blocks, rank=rank, L=L / 1e6, act=act_coeff, tokens=tokens))
+    counts = count_transformer({})  # diffusers' defaults: the 13B transformer (meta device)
+    tokens = tokens_per_clip(counts, {"spatial": 8, "temporal": 4}, 61, 544, 960, 256)
     print(
-        "| method | weights GB | grads GB | AdamW GB | fp32 master GB | static GB | static / DMD-copies | "
-        "act. MB/token | act. GB/clip | act. GB/clip (ckpt) |"
+        f"\nHunyuanVideo-13B ({counts.transformer / 1e9:.2f} B params), 61x544x960 ({tokens:,} tokens with 256 text), "
+        f"batch 1 per GPU, rank {rank}; w2svd.memory (planner fitted to training/bench_memory_13b.py, "
+        "docs/memory/README.md). GiB per GPU: 1 GPU unsharded / 8 GPUs FSDP2.\n"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    table = []
-    for name, frozen, trained, with_grad, graphs in rows:
-        weights, grads, adam, master = (frozen + trained) * 2, with_grad * 2, trained * 8, trained * 4
-        act_ckpt = graphs * ckpt_token * tokens + act_coeff * h * tokens  # + one block being recomputed
-        table.append((name, weights, grads, adam, master, weights + grads + adam, graphs * act_token, act_ckpt))
-    copies_static = next(row[5] for row in table if "copies" in row[0])
-    for name, weights, grads, adam, master, static, act, act_ckpt in table:
-        print(
-            f"| {name} | {weights / GB:.1f} | {grads / GB:.2f} | {adam / GB:.2f} | {master / GB:.2f} | "
-            f"{static / GB:.1f} | {static / copies_static:.2f} | {act / 1e6:.2f} | {act * tokens / GB:.0f} | "
-            f"{act_ckpt / GB:.1f} |"
-        )
+    print("| method | checkpointing | weights | gradients | AdamW | activations | AdamW temporaries | total |")
+    print("|---|---|---|---|---|---|---|---|")
+    cases = [("W2SVD (lambda_gt 0.5)", "w2svd", 0.5), ("W2SVD or DMD, LoRA fake score (lambda_gt 0)", "w2svd", 0.0)]
+    cases.append(("DMD with full copies (DMD2 / FastVideo)", "dmd-copies", 0.0))
+    for name, method, gt in cases:
+        for ckpt in (False, True):
+            one = estimate(counts, tokens, method, 1, 1, rank, "none", ckpt, False, gt)
+            eight = estimate(counts, tokens, method, 8, 1, rank, "fsdp", ckpt, False, gt)
+            cells = [
+                f"{getattr(one, part) / GiB:.1f} / {getattr(eight, part) / GiB:.1f}"
+                for part in ("weights", "gradients", "optimizer", "activations", "temporaries", "total")
+            ]
+            print(f"| {name} | {'on' if ckpt else 'off'} | " + " | ".join(cells) + " |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,7 +298,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=3, help="training steps per case (each has every phase)")
     ap.add_argument("--device", default="cuda" if _cuda() else "cpu")
     ap.add_argument("--rank", type=int, default=64, help="LoRA rank for the 13B analytic table")
-    ap.add_argument("--act-coeff", type=float, default=34.0, help="activation bytes per token per hidden per block")
     ap.add_argument("--no-measure", action="store_true", help="print only the analytic table")
     ap.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -292,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.no_measure:
         print_measured(measure(args.size, args.steps, args.device), args.size, args.steps, args.device)
-    print_analytic(args.rank, args.act_coeff, tokens=21 * (544 // 16) * (960 // 16))
+    print_analytic(args.rank)
     return 0
 
 

@@ -15,15 +15,16 @@ parameters are fp32 (LoRAs upcast as with diffusers' ``cast_training_params``), 
   counted with the optimiser states (12 B/param). All / gpus.
 - sharded runs also hold the gathered bf16 copy of the two largest blocks (current + prefetched).
 
-Activations (bf16, batch ``--batch``; not sharded, every GPU runs its own clips), per kept autograd graph:
-    tokens x hidden x (A_double x double_blocks + A_single x single_blocks) bytes
-with A = 45 / 45 for LoRA on a frozen backbone and 56 / 52 for full fine-tuning, measured with
-``torch.autograd.graph.saved_tensors_hooks`` on diffusers' HunyuanVideo blocks (parameters excluded, no
-attention-score term: SDPA keeps no (tokens x tokens) matrix; ``tests/test_memory.py`` re-measures it).
-With ``--grad-checkpointing`` (per block) only block inputs are kept, 2 x hidden bytes per token per block,
-plus one block's activations while it is recomputed. Kept graphs: 2 when ``--lambda-gt`` > 0 (the fake-score
-loss on generated and ground-truth latents is backpropagated at once), else 1. Not counted: the CUDA context and
-allocator fragmentation (budget 2-4 GiB), and temporary tensors of the no-grad score passes.
+Activations (batch ``--batch``; not sharded, every GPU runs its own clips) come from coefficients in bytes per token
+per hidden unit fitted to training steps measured at HunyuanVideo-13B width (``training/bench_memory_13b.py``,
+``docs/memory/README.md``: every measured row within 15%). The peak of a step is the larger of
+- the activation peak: without checkpointing before backward (the generator's graph kept while the no-grad score
+  passes run, or the fake-score phase's 1 or 2 graphs), with per-block checkpointing in backward, with the
+  gradients (block inputs kept per graph, the block being recomputed, backward's working memory);
+- the optimiser step: the gradients plus foreach AdamW's ``sqrt(exp_avg_sq)`` list (4 B per trained parameter).
+Kept graphs: 2 when ``--lambda-gt`` > 0 (the fake-score loss on generated and ground-truth latents is
+backpropagated at once), else 1. SDPA keeps no (tokens x tokens) matrix. Not counted: the CUDA context and
+allocator fragmentation (budget 2-4 GiB).
 """
 
 from __future__ import annotations
@@ -37,10 +38,29 @@ from pathlib import Path
 from typing import Any
 
 GiB = 1024**3
-# Bytes per token per hidden unit per block kept for backward in bf16: (double-stream, single-stream).
-ACT_LORA = (45.0, 45.0)
-ACT_FULL = (56.0, 52.0)
-CKPT_INPUT = 2.0  # bf16 block input kept per token per hidden unit with gradient checkpointing
+# Bytes per token per hidden unit, fitted to training steps measured at HunyuanVideo-13B width (hidden 3072) on
+# 1+1 to 4+4 block slices (training/bench_memory_13b.py --fit; docs/memory/README.md), as this project's loop
+# runs them: no autocast (``mixed_precision`` wraps nothing), frozen weights bf16, LoRAs fp32 (peft upcasts
+# their inputs, so the LoRA layers keep fp32 copies of them), full copies fp32 (their activations are fp32).
+# Without checkpointing the peak comes before backward, no gradients yet: in the generator phase (its graph kept while
+# the no-grad real- and fake-score passes run) or in the fake-score phase (its 1 or 2 graphs kept):
+#     tokens x hidden x max(A + WORK_GEN, graphs x A + WORK_FAKE),  A = A_double x double_blocks + A_single x singles
+ACT_LORA = (68.7, 66.6)  # (A_double, A_single) per block of one graph, frozen bf16 blocks with fp32 LoRAs
+ACT_FULL = (77.0, 88.2)  # the same for the fp32 copies
+WORK_GEN = {"lora": 59.5, "full": 76.4}
+WORK_FAKE = {"lora": 33.3, "full": 33.5}
+# With per-block checkpointing the peak is in backward, with the gradients:
+#     gradients + tokens x hidden x (graphs x (KEPT x blocks + RECOMPUTE) + WORK)
+# KEPT: the block inputs (bf16 hidden states for LoRA, fp32 for the copies); RECOMPUTE: the block being recomputed,
+# per graph; WORK: backward's working memory (LoRA: the upper envelope of the measured rows, none under-planned;
+# least squares would give 30.5 / 31.0 and under-plan the 1+1 slices by 5 B). For the copies, the backward peak of
+# a slice is their gradients (at the end of backward), which hides the rest: RECOMPUTE is one single-stream block's
+# activations (ACT_FULL) and WORK the score passes' (WORK_GEN), an upper bound that the measured forward peaks with
+# checkpointing stay under.
+CKPT_KEPT = {"lora": 2.0, "full": 4.0}
+CKPT_RECOMPUTE = {"lora": 30.5, "full": 88.2}
+CKPT_WORK = {"lora": 36.3, "full": 76.4}
+ADAM_TEMP = 4.0  # bytes per trained parameter: foreach AdamW's sqrt(exp_avg_sq) list (its default on CUDA)
 METHODS = ("w2svd", "dmd-copies")
 SHARDING = ("fsdp", "zero3", "none")
 
@@ -83,6 +103,7 @@ class ModelCounts:
     patch: tuple[int, int]  # (temporal, spatial)
     latent_channels: int
     encoders: int  # VAE + text encoders
+    untrained: int = 0  # parameters that never get a gradient (only in cut-down slices, see count_transformer)
 
 
 @dataclasses.dataclass
@@ -93,13 +114,19 @@ class Estimate:
     gradients: float
     optimizer: float
     activations: float
+    temporaries: float  # the optimiser step's (after backward, when the activations are freed)
+    with_gradients: bool  # the activation peak comes with the gradients (in backward: checkpointing) or before them
     encoders: float  # VAE + text encoders if kept resident, else 0
     tokens: int
     notes: dict[str, str]
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.encoders
+        """The peak: static parts + the larger of the activation peak and the optimiser step (gradients +
+        temporaries)."""
+        activation_peak = self.activations + (self.gradients if self.with_gradients else 0.0)
+        step = self.gradients + self.temporaries
+        return self.weights + self.optimizer + max(activation_peak, step) + self.encoders
 
 
 def _n(params: float) -> str:
@@ -126,6 +153,13 @@ def count_transformer(config: dict[str, Any]) -> ModelCounts:
     ]  # peft matches a string target_modules with re.fullmatch on the module name
     blocks = [*model.transformer_blocks, *model.single_transformer_blocks]
     c = model.config
+    # parameters whose output feeds nothing in a cut-down slice (never in the 13B model): no gradient, no AdamW state.
+    # No refiner layers: the refiner's timestep/text embedders; no single-stream blocks: the last double-stream
+    # block's text-stream output (its attention output projection and feed-forward).
+    untrained = _count(model.context_embedder.time_text_embed) if c.num_refiner_layers == 0 else 0
+    if c.num_single_layers == 0 and c.num_layers > 0:
+        last = model.transformer_blocks[-1]
+        untrained += _count(last.ff_context) + _count(last.attn.to_add_out)
     return ModelCounts(
         transformer=_count(model),
         lora_per_rank=sum(m.in_features + m.out_features for m in linears),
@@ -138,6 +172,7 @@ def count_transformer(config: dict[str, Any]) -> ModelCounts:
         patch=(c.patch_size_t, c.patch_size),
         latent_channels=c.in_channels,
         encoders=0,
+        untrained=untrained,
     )
 
 
@@ -232,38 +267,55 @@ def estimate(
     frozen = counts.transformer  # the backbone (w2svd) or the real score (dmd-copies)
     if method == "w2svd":  # generator + fake-score LoRAs; fake phase keeps generated and ground-truth graphs
         lora = rank * counts.lora_per_rank
-        trainable, trained_at_once, act = 2 * lora, lora, ACT_LORA
-    else:  # full generator and fake-score copies
-        trainable, trained_at_once, act = 2 * counts.transformer, counts.transformer, ACT_FULL
-    weights, grads, optim = 2 * frozen + 4 * trainable, 4 * trained_at_once, 8 * trainable
+        trainable, trained, trained_at_once, kind = 2 * lora, 2 * lora, lora, "lora"
+    else:  # full generator and fake-score copies (parameters that get no gradient get no AdamW state)
+        trainable, trained_at_once = 2 * counts.transformer, counts.transformer - counts.untrained
+        trained, kind = 2 * trained_at_once, "full"
+    act = ACT_LORA if kind == "lora" else ACT_FULL
+    weights, grads, optim = 2 * frozen + 4 * trainable, 4 * trained_at_once, 8 * trained
+    temporaries = ADAM_TEMP * trained_at_once
     layout = f"frozen {_n(frozen)} bf16 + trainable {_n(trainable)} fp32"
     grad_note = f"fp32 for {_n(trained_at_once)} trainable params"
-    optim_note = f"AdamW fp32 exp_avg + exp_avg_sq for {_n(trainable)} params"
+    optim_note = f"AdamW fp32 exp_avg + exp_avg_sq for {_n(trained)} params"
     if sharding == "none" and gpus > 1:
         grads, grad_note = 2 * grads, grad_note + " + DDP bucket copy"
     if sharding == "zero3":
         weights, layout = 2 * (frozen + trainable), f"frozen {_n(frozen)} + trainable {_n(trainable)}, all bf16"
-        optim, optim_note = 12 * trainable, f"fp32 master + AdamW exp_avg + exp_avg_sq for {_n(trainable)} params"
+        optim, optim_note = 12 * trained, f"fp32 master + AdamW exp_avg + exp_avg_sq for {_n(trained)} params"
     if n > 1:
         layout += f", / {n} GPUs + gather 2 x {_n(counts.largest_block)} bf16"
         grad_note, optim_note = grad_note + f", / {n}", optim_note + f", / {n}"
     graphs = 2 if lambda_gt > 0 else 1
-    per_token = act[0] * counts.double_blocks + act[1] * counts.single_blocks
+    blocks = counts.double_blocks + counts.single_blocks
     if grad_checkpointing:
-        per_token = CKPT_INPUT * (counts.double_blocks + counts.single_blocks) + max(act)
-    activations = graphs * batch * tokens * counts.hidden * per_token
+        per_token = graphs * (CKPT_KEPT[kind] * blocks + CKPT_RECOMPUTE[kind]) + CKPT_WORK[kind]
+        kept, recompute, work = CKPT_KEPT[kind], CKPT_RECOMPUTE[kind], CKPT_WORK[kind]
+        formula = f"({graphs} x ({kept:g} x {blocks} blocks + {recompute:g}) + {work:g})"
+    else:
+        per_graph = act[0] * counts.double_blocks + act[1] * counts.single_blocks
+        per_token = max(per_graph + WORK_GEN[kind], graphs * per_graph + WORK_FAKE[kind])
+        formula = (
+            f"max(A + {WORK_GEN[kind]:g}, {graphs} x A + {WORK_FAKE[kind]:g}), "
+            f"A = {act[0]:g} x {counts.double_blocks} + {act[1]:g} x {counts.single_blocks}"
+        )
+    activations = batch * tokens * counts.hidden * per_token
     notes = {
         "weights": layout,
         "gradients": grad_note,
         "optimizer": optim_note,
-        "activations": f"{graphs} graph(s) x {batch} clip(s) x {tokens} tokens x {counts.hidden} hidden x "
-        f"{per_token:.0f} B" + (" (checkpointed)" if grad_checkpointing else ""),
+        "activations": f"{batch} clip(s) x {tokens} tokens x {counts.hidden} hidden x {formula} B"
+        + (" (checkpointed)" if grad_checkpointing else ""),
+        "temporaries": f"foreach AdamW: {ADAM_TEMP:g} B x {_n(trained_at_once)} params"
+        + (f" / {n}" if n > 1 else "")
+        + "; not at once with the activations (the larger of the two counts)",
     }
     return Estimate(
         weights=weights / n + gather,
         gradients=grads / n,
         optimizer=optim / n,
         activations=activations,
+        temporaries=temporaries / n,
+        with_gradients=grad_checkpointing,
         encoders=2 * counts.encoders if keep_encoders else 0.0,
         tokens=tokens,
         notes=notes,
@@ -277,8 +329,8 @@ def format_report(est: Estimate, counts: ModelCounts, header: str, gpu_memory_gi
         f"{counts.lora_modules} linears, {counts.lora_per_rank / 1e6:.2f} M params per unit of rank",
         "per GPU:",
     ]
-    for name in ("weights", "gradients", "optimizer", "activations"):
-        label = "optimiser states" if name == "optimizer" else name
+    for name in ("weights", "gradients", "optimizer", "activations", "temporaries"):
+        label = {"optimizer": "optimiser states", "temporaries": "step temporaries"}.get(name, name)
         lines.append(f"  {label:<17} {getattr(est, name) / GiB:9.2f} GiB  {est.notes[name]}")
     enc = f"{2 * counts.encoders / GiB:.2f} GiB bf16"
     if est.encoders:
@@ -308,7 +360,8 @@ def plan_for_config(cfg, method_cfg, gpus: int = 1, gpu_memory_gib: float = 80.0
         method_cfg.gradient_checkpointing, False, method_cfg.lambda_gt,
     )  # fmt: skip
     header = (
-        f"memory plan (w2svd.memory, analytic) for {spec['name']}: {method}, {gpus} GPU(s) ({sharding}), "
+        f"memory plan (w2svd.memory, fitted to measured steps) for {spec['name']}: {method}, {gpus} GPU(s) "
+        f"({sharding}), "
         f"{cfg.data.num_frames}x{h}x{w}, {batch} clip(s)/GPU, rank {method_cfg.generator_rank}, lambda_gt "
         f"{method_cfg.lambda_gt:g}, checkpointing {'on' if method_cfg.gradient_checkpointing else 'off'}, "
         f"{tokens} tokens/clip"
