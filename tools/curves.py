@@ -1,0 +1,76 @@
+"""Validation curves of training runs, judged by the collapse and drift rule of docs/experiments.md.
+
+python tools/curves.py runs/sweep/v_ratio1_w2svd runs/sweep/v_ratio1_dmd [--metric fd_clip]
+
+Reads each run's ``validation/metrics.jsonl`` (64 held-out pairs per point) and prints a markdown table: FD-clip,
+FD-frame, motion adherence and motion (x real) per validation, then the verdict. Collapse: FD-clip more than 20%
+above the run's best so far and still above that at the next validation, or motion adherence below 20% (chance
+is 1/5); drift: the last FD-clip more than 10% above the run's best.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def read_curve(run: Path) -> list[dict]:
+    path = run / "validation" / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run}: no validation/metrics.jsonl (has the run validated yet?)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def verdict(points: list[dict], key: str = "fd_clip") -> str:
+    """'collapse at N updates', 'drift', 'stable' or 'too short' under the rule of docs/experiments.md."""
+    if len(points) < 2:
+        return "too short"
+    best = float("inf")
+    for i, p in enumerate(points):
+        if p.get("adherence/motion", 1.0) < 0.2:
+            return f"collapse at {p['generator_updates']} updates (motion adherence {p['adherence/motion']:.0%})"
+        if i + 1 < len(points) and p[key] > 1.2 * best and points[i + 1][key] > 1.2 * best:
+            return f"collapse at {p['generator_updates']} updates ({p[key]:.0f} vs best {best:.0f})"
+        best = min(best, p[key])
+    last = points[-1][key]
+    return "drift" if last > 1.1 * best else "stable"
+
+
+def table(runs: list[Path], key: str) -> str:
+    lines = [
+        "| run | generator updates | FD-clip | FD-frame | motion adherence | motion (x real) |",
+        "|---|---|---|---|---|---|",
+    ]
+    verdicts = []
+    for run in runs:
+        points = read_curve(run)
+        for p in points:
+            lines.append(
+                f"| {run.name} | {p['generator_updates']} | {p['fd_clip']:.0f} | {p['fd_frame']:.1f} | "
+                f"{p.get('adherence/motion', float('nan')):.0%} | {p.get('motion_vs_real', float('nan')):.2f} |"
+            )
+        best = min(points, key=lambda p: p[key])
+        verdicts.append(
+            f"- {run.name}: {verdict(points, key)}; best {key} {best[key]:.0f} at {best['generator_updates']} updates, "
+            f"last {points[-1][key]:.0f} at {points[-1]['generator_updates']}"
+        )
+    return "\n".join(lines + [""] + verdicts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--metric", default="fd_clip", help="the curve the rule judges (default fd_clip)")
+    args = ap.parse_args(argv)
+    try:
+        print(table(args.runs, args.metric))
+    except (FileNotFoundError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
