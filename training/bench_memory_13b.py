@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +148,9 @@ def measure_row(row: Row) -> dict:
 
         hooks = [m.register_forward_pre_hook(count_tokens, with_kwargs=True) for m in transformers]
         release_free_memory()
-        resident = [t for t in gc.get_objects() if isinstance(t, torch.Tensor)]
+        with warnings.catch_warnings():  # isinstance on every object touches deprecated torch attributes
+            warnings.simplefilter("ignore", FutureWarning)
+            resident = [t for t in gc.get_objects() if isinstance(t, torch.Tensor)]
         rss_start, peak_reset = rss_bytes(), reset_peak()
         phases, trained = {}, set()
         t0 = time.perf_counter()
