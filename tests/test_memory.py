@@ -8,6 +8,7 @@ from conftest import TINY_TRANSFORMER, TINY_VAE
 
 from w2svd.backbones.hunyuan import HunyuanVideoBackbone
 from w2svd.memory import ACT_LORA, count_transformer, estimate, load_spec, main, tokens_per_clip
+from w2svd.memtrack import storage_bytes
 
 RANK = 4
 
@@ -38,14 +39,6 @@ def forward(model, config: dict, hw: int = 8, text: int = 6):
     mask = torch.ones(1, text, dtype=torch.long)
     out = model(x, torch.tensor([500.0]), embeds, mask, pooled, return_dict=False)[0]  # no autocast, as the loop
     return out.float().pow(2).mean(), 2 * (hw // 2) ** 2 + text
-
-
-def storage_bytes(tensors) -> int:
-    seen = {}
-    for t in tensors:
-        s = t.untyped_storage()
-        seen[s.data_ptr()] = s.nbytes()
-    return sum(seen.values())
 
 
 def test_weights_grads_and_optimiser_states_match_allocated_bytes():
