@@ -164,7 +164,7 @@ def run_case(case: str, size: str, steps: int, device_name: str, overrides: dict
     import torch
 
     from w2svd.config import from_dict
-    from w2svd.trainer import build_method
+    from w2svd.trainer import build_method, make_optimizers
     from w2svd.training.config import TrainConfig
 
     torch.set_num_threads(1)
@@ -178,10 +178,7 @@ def run_case(case: str, size: str, steps: int, device_name: str, overrides: dict
         method = build_method(cfg, device)
         groups = method.param_groups()
         o = cfg.optim
-        optimizers = {
-            phase: torch.optim.AdamW(params, lr=lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-            for phase, (params, lr) in groups.items()
-        }
+        optimizers = make_optimizers(groups, o)
         method.train(True)
         release_free_memory()
         if cuda:
@@ -297,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", choices=("tiny", "embedded"), default="tiny", help="tiny_w2svd.yaml or embedded configs")
     ap.add_argument("--steps", type=int, default=3, help="training steps per case (each has every phase)")
     ap.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    ap.add_argument("--rank", type=int, default=64, help="LoRA rank for the 13B analytic table")
-    ap.add_argument("--no-measure", action="store_true", help="print only the analytic table")
+    ap.add_argument("--rank", type=int, default=64, help="LoRA rank for the 13B plan table")
+    ap.add_argument("--no-measure", action="store_true", help="print only the 13B plan table (w2svd.memory)")
     ap.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:

@@ -114,7 +114,7 @@ def measure_row(row: Row) -> dict:
 
     from w2svd.config import from_dict
     from w2svd.memtrack import LiveMemory, storage_bytes
-    from w2svd.trainer import build_method
+    from w2svd.trainer import build_method, make_optimizers
     from w2svd.training.config import TrainConfig
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -124,12 +124,7 @@ def measure_row(row: Row) -> dict:
         method = build_method(cfg, torch.device("cpu"))
         groups = method.param_groups()
         o = cfg.optim
-        optimizers = {
-            phase: torch.optim.AdamW(
-                params, lr=lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, foreach=True
-            )  # foreach, as AdamW runs on CUDA by default (its temporaries are part of the peak)
-            for phase, (params, lr) in groups.items()
-        }
+        optimizers = make_optimizers(groups, o, foreach=True)  # AdamW's CUDA default; its temporaries count
         for phase, (params, _) in groups.items():  # allocate the AdamW states: zero gradients change nothing
             for p in params:
                 p.grad = torch.zeros_like(p)
@@ -155,15 +150,13 @@ def measure_row(row: Row) -> dict:
         phases, trained = {}, set()
         t0 = time.perf_counter()
         with LiveMemory("cpu") as mem:
-            mem.add_existing(resident)
-            for p in groups.values():
-                mem.add_existing(p[0])
+            mem.add_existing(resident)  # parameters, buffers, AdamW states, latent cache
             del resident
             start = mem.live
             batch = method.batch(0)
+            known = {p.untyped_storage().data_ptr() for m in transformers for p in m.parameters()}
             for phase in method.phases(0):
                 saved: dict[int, int] = {}
-                known = {p.untyped_storage().data_ptr() for m in transformers for p in m.parameters()}
 
                 def pack(t, saved=saved, known=known):
                     s = t.untyped_storage()

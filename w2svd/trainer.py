@@ -52,6 +52,14 @@ def resolve_method(cfg: TrainConfig) -> tuple[type[Method], object]:
     return cls, from_dict(cls.config_class, args, f"config.method({name})")
 
 
+def make_optimizers(groups: dict, o, **kwargs) -> dict[str, torch.optim.AdamW]:
+    """One AdamW per phase of ``method.param_groups()`` with the run's ``optim`` settings (``kwargs``: e.g. foreach)."""
+    return {
+        phase: torch.optim.AdamW(params, lr=lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, **kwargs)
+        for phase, (params, lr) in groups.items()
+    }
+
+
 def build_method(cfg: TrainConfig, device: torch.device) -> Method:
     cls, mcfg = resolve_method(cfg)
     return cls(mcfg, cfg, device)
@@ -213,11 +221,10 @@ class Run:
         self.method.shard = shard
         self.sharded_modules = self._shard()
         self.groups = self.method.param_groups()
-        self.optimizers, self.schedulers = {}, {}
+        self.schedulers = {}
         o = cfg.optim
-        for phase, (params, lr) in self.groups.items():
-            opt = torch.optim.AdamW(params, lr=lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-            self.optimizers[phase] = opt
+        self.optimizers = make_optimizers(self.groups, o)
+        for phase, opt in self.optimizers.items():
             self.schedulers[phase] = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o, cfg.max_steps))
         self.start, self.elapsed, self.skipped = 0, 0.0, 0
         self.t0 = time.perf_counter()
