@@ -108,6 +108,9 @@ def test_a_changed_config_is_refused_on_resume_unless_allowed_and_every_config_i
         train(vae_cfg(out, max_steps=3, optim={"lr": 2e-3}), progress=False)
     train(vae_cfg(out, max_steps=3), progress=False)  # a longer run is a run-control change: allowed
     train(vae_cfg(out, max_steps=4, optim={"lr": 2e-3}), progress=False, allow_config_change=True)
+    # the new learning rate is the one trained with, not the one the checkpoint's optimiser was created with
+    opt_states = load_latest(out / "checkpoints")[1]["optimizers"].values()
+    assert {(g["lr"], g["initial_lr"]) for o in opt_states for g in o["param_groups"]} == {(2e-3, 2e-3)}
     history = sorted((out / HISTORY).glob("config-*.yaml"))
     assert len(history) == 3 and "lr: 0.002" in (out / "config.yaml").read_text()
     assert "max_steps: 2" in history[0].read_text() and "lr: 0.001" in history[1].read_text()

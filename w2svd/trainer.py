@@ -256,11 +256,29 @@ class Run:
             opt.load_state_dict(state["optimizers"][phase])
             sharding.shard_optimizer_state(opt)
             self.schedulers[phase].load_state_dict(state["schedulers"][phase])
+            self._apply_configured_lr(phase)
         set_rng_state(state["rng"])
         self.start = int(state["step"])
         self.elapsed = float(state.get("elapsed_seconds", 0.0))
         self.skipped = int(state.get("skipped_nonfinite", 0))
         log.info("resumed from %s at step %d", path, self.start)
+
+    def _apply_configured_lr(self, phase: str) -> None:
+        """Use this config's learning rate for ``phase`` after loading a checkpoint's optimiser and scheduler.
+
+        Both state dicts carry the learning rate they were created with (``initial_lr``, ``base_lrs``), so without this
+        a run resumed with ``--allow-config-change`` and a new learning rate would silently keep the old one.
+        """
+        lr = self.groups[phase][1]
+        opt, sched = self.optimizers[phase], self.schedulers[phase]
+        if sched.base_lrs and sched.base_lrs[0] != lr:
+            log.info("%s learning rate %g -> %g (this config's)", phase, sched.base_lrs[0], lr)
+        sched.base_lrs = [lr] * len(opt.param_groups)
+        factor = sched.lr_lambdas[0](sched.last_epoch)
+        for group in opt.param_groups:
+            group["initial_lr"] = lr
+            group["lr"] = lr * factor
+        sched._last_lr = [group["lr"] for group in opt.param_groups]
 
     def checkpoint(self, step: int) -> None:
         method, sharded = self.method, bool(self.sharded_modules)
