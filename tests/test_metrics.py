@@ -105,6 +105,24 @@ def test_evaluate_generator_with_real_clips(nets):
     assert 0.8 < result["motion_vs_real"] < 1.25 and 0.8 < result["flicker_vs_real"] < 1.25  # other render seeds
 
 
+def test_the_first_pairs_figures_are_what_a_smaller_evaluation_gives(nets):
+    from w2svd.eval.metrics import blur
+
+    real = real_generator(heldout_examples(48))
+
+    def blurred(prompts, seeds):
+        return blur(real(prompts, seeds), 1.0)
+
+    big = evaluate_generator(blurred, n=48, batch_size=16, nets=nets, first=16)
+    small = evaluate_generator(blurred, n=16, batch_size=16, nets=nets)
+    assert big["fd_clip@16"] == pytest.approx(small["fd_clip"]) and big["fd_frame@16"] == pytest.approx(
+        small["fd_frame"]
+    )
+    assert big["fd_clip@16"] != pytest.approx(big["fd_clip"], rel=0.01)
+    with pytest.raises(ValueError, match=r"first=48 must be 0 \(off\) or in \[2, n=48\)"):
+        evaluate_generator(blurred, n=48, nets=nets, first=48)
+
+
 def test_evaluate_generator_names_bad_output(nets):
     def bad(prompts, seeds):
         return np.zeros((len(prompts), 9, 32, 32, 3), np.uint8)

@@ -2,7 +2,8 @@
 
 python tools/curves.py runs/sweep/v_ratio1_w2svd runs/sweep/v_ratio1_dmd [--metric fd_clip]
 
-Reads each run's ``validation/metrics.jsonl`` (64 held-out pairs per point) and prints a markdown table: FD-clip,
+Reads each run's ``validation/metrics.jsonl`` (64 or 256 held-out pairs per point; ``--metric fd_clip@64`` judges the
+first 64 alone, comparable across both) and prints a markdown table: FD-clip,
 FD-frame, motion adherence and motion (x real) per validation, then the verdict. Collapse: FD-clip more than 20%
 above the run's best so far and still above that at the next validation, or motion adherence below 20% (chance
 is 1/5); drift: the last FD-clip more than 10% above the run's best.
@@ -20,7 +21,12 @@ def read_curve(run: Path) -> list[dict]:
     path = run / "validation" / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{run}: no validation/metrics.jsonl (has the run validated yet?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    points = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for p in points:  # a 64-pair point is its own first-64 figure (later runs score 256 pairs and log both)
+        if p.get("n", 64) == 64:
+            p.setdefault("fd_clip@64", p["fd_clip"])
+            p.setdefault("fd_frame@64", p["fd_frame"])
+    return points
 
 
 def verdict(points: list[dict], key: str = "fd_clip") -> str:
@@ -40,15 +46,18 @@ def verdict(points: list[dict], key: str = "fd_clip") -> str:
 
 def table(runs: list[Path], key: str) -> str:
     lines = [
-        "| run | generator updates | FD-clip | FD-frame | motion adherence | motion (x real) |",
-        "|---|---|---|---|---|---|",
+        "| run | generator updates | pairs | FD-clip | FD-frame | FD-clip, first 64 | motion adherence "
+        "| motion (x real) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
     for run in runs:
         points = read_curve(run)
         for p in points:
             lines.append(
-                f"| {run.name} | {p['generator_updates']} | {p['fd_clip']:.0f} | {p['fd_frame']:.1f} | "
+                f"| {run.name} | {p['generator_updates']} | {p.get('n', 64):.0f} | {p['fd_clip']:.0f} | "
+                f"{p['fd_frame']:.1f} | "
+                f"{p.get('fd_clip@64', float('nan')):.0f} | "
                 f"{p.get('adherence/motion', float('nan')):.0%} | {p.get('motion_vs_real', float('nan')):.2f} |"
             )
         best = min(points, key=lambda p: p[key])

@@ -157,15 +157,46 @@ def generate_clips(generate_fn: GenerateFn, examples: list[Example], batch_size:
     return np.concatenate(chunks)
 
 
+def subset_fds(generated: Embedding, reference: Embedding, size: int) -> list[dict[str, float]]:
+    """FD-clip and FD-frame of each disjoint block of ``size`` clips (in order) against the same block of references.
+
+    The first block of ``heldout_examples(n)`` is ``heldout_examples(size)``: its figures are what an ``n=size``
+    evaluation of the same clips gives.
+    """
+    n = len(generated.clip_features)
+    if size < 2 or n < size or len(reference.clip_features) != n:
+        raise ValueError(
+            f"need two embeddings of the same n >= size >= 2; got n={n} and {len(reference.clip_features)}, size={size}"
+        )
+    frames = len(generated.frame_features) // n
+    out = []
+    for start in range(0, n - size + 1, size):
+        clips, frame_rows = slice(start, start + size), slice(start * frames, (start + size) * frames)
+        out.append(
+            {
+                "first": start,
+                "fd_clip": frechet_distance(generated.clip_features[clips], reference.clip_features[clips]),
+                "fd_frame": frechet_distance(
+                    generated.frame_features[frame_rows], reference.frame_features[frame_rows]
+                ),
+            }
+        )
+    return out
+
+
 def evaluate_generator(
-    generate_fn: GenerateFn, n: int = 256, batch_size: int = 32, nets: FeatureNets | None = None
+    generate_fn: GenerateFn, n: int = 256, batch_size: int = 32, nets: FeatureNets | None = None, first: int = 0
 ) -> dict[str, float]:
     """FD-frame, FD-clip and adherence of ``generate_fn`` on ``heldout_examples(n)``, with the real-vs-real floor.
 
     Generated clips and the examples' own real clips are both compared to a reference set of real clips
     rendered with other seeds; ``fd_*_real`` is therefore what a perfect generator would score. Motion and flicker
-    (``temporal/*``, w2svd.eval.temporal) come with their ratios to the reference clips.
+    (``temporal/*``, w2svd.eval.temporal) come with their ratios to the reference clips. ``first`` (< n) adds
+    ``fd_clip@first`` and ``fd_frame@first``: the FDs of the first ``first`` pairs alone, which an evaluation with
+    ``n=first`` would give for the same clips.
     """
+    if first and not 2 <= first < n:
+        raise ValueError(f"first={first} must be 0 (off) or in [2, n={n})")
     if n < 2:
         raise ValueError(f"n={n} is too small for a Frechet distance; use n >= 64 (256 for reported numbers)")
     nets = nets or load_feature_nets()
@@ -184,6 +215,9 @@ def evaluate_generator(
         "fd_frame_real": fd_frame(real, reference),
         "fd_clip_real": fd_clip(real, reference),
     }
+    if first:
+        head = subset_fds(generated, reference, first)[0]
+        result[f"fd_frame@{first}"], result[f"fd_clip@{first}"] = head["fd_frame"], head["fd_clip"]
     result.update({f"adherence/{k}": v for k, v in adherence(generated, examples).items()})
     temporal, real_temporal = summarise(clips), summarise(reference_clips)
     result.update({f"temporal/{k}": v for k, v in temporal.items()})

@@ -22,6 +22,7 @@ from w2svd.sampling import ModelFn, SeededRenoise, sample_renoise, seeded_noise
 from w2svd.training.config import DataConfig
 
 METRICS_FILE = "metrics.jsonl"
+VAL_SUBSET = 64  # what the validation curves scored before they scored 256 pairs (docs/stability.md)
 
 
 def validation_metrics(
@@ -43,7 +44,8 @@ def validation_metrics(
             )
         return np.stack([tensor_to_video(v) for v in video])
 
-    result = evaluate_generator(generate, n=n, batch_size=batch_size)
+    first = VAL_SUBSET if n > VAL_SUBSET else 0  # the 64-pair figures too, comparable with 64-pair curves
+    result = evaluate_generator(generate, n=n, batch_size=batch_size, first=first)
     kept = ("fd_frame", "fd_clip", "adherence/", "temporal/", "motion_vs_real", "flicker_vs_real")
     scores = {k: float(v) for k, v in result.items() if k.startswith(kept)}
     out_dir.mkdir(parents=True, exist_ok=True)
