@@ -7,17 +7,19 @@ from w2svd.lora import read_metadata
 
 
 def stock_few_step_video(base_dir, lora_dir, prompt: str, seed: int, defaults) -> np.ndarray:
-    """uint8 (F, H, W, 3) from stock diffusers: load_lora_weights + sigmas= + stochastic re-noising, as carded."""
+    """uint8 (F, H, W, 3) from stock diffusers: load_lora_weights + sigmas= + the LoRA's sampler, as carded."""
     from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
 
     meta = read_metadata(lora_dir)
     sigmas = meta["sigmas_by_steps"][str(meta["default_steps"])][:-1]
     pipe = HunyuanVideoPipeline.from_pretrained(base_dir)
     pipe.load_lora_weights(str(lora_dir))
+    stochastic = bool(meta.get("renoise", True))  # a generator trained with deterministic Euler steps: False
     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
-        pipe.scheduler.config, shift=1.0, stochastic_sampling=True
+        pipe.scheduler.config, shift=1.0, stochastic_sampling=stochastic
     )
-    torch.manual_seed(seed + 1)  # the re-noising draws from the global RNG; w2svd seeds it with seed + 1
+    if stochastic:
+        torch.manual_seed(seed + 1)  # the re-noising draws from the global RNG; w2svd seeds it with seed + 1
     out = pipe(
         prompt=prompt,
         height=defaults.height,

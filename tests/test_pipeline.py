@@ -94,6 +94,59 @@ def test_stock_diffusers_pipeline_reproduces_the_few_step_video(gen, tiny_pipeli
     assert np.abs(stock.astype(int) - ours.astype(int)).max() <= 1
 
 
+@pytest.fixture(scope="module")
+def euler_lora_dir(tmp_path_factory, tiny_pipeline_dir):
+    """A generator trained with deterministic Euler steps (method.renoise=false) instead of re-noising."""
+    from w2svd.config import from_dict
+    from w2svd.trainer import train
+    from w2svd.training.config import TrainConfig
+
+    tmp = tmp_path_factory.mktemp("euler_lora")
+    data = yaml.safe_load((ROOT / "training/configs/tiny_w2svd.yaml").read_text())
+    data["method"].pop("random_base")
+    data["method"].update(base=str(tiny_pipeline_dir), cache_dir=str(tmp / "cache"), generator_lr=0.05)
+    data["method"].update(renoise=False, fake_updates_per_generator_update=1)
+    data.update(output_dir=str(tmp / "run"), max_steps=4)
+    return train(from_dict(TrainConfig, data), progress=False)
+
+
+def test_a_generator_trained_with_euler_steps_samples_and_is_carded_without_re_noising(
+    tiny_pipeline_dir, euler_lora_dir
+):
+    from w2svd.cards import lora_card
+    from w2svd.generator_meta import GeneratorMeta
+    from w2svd.lora import read_metadata
+
+    meta = read_metadata(euler_lora_dir)
+    assert meta["renoise"] is False
+    euler = VideoGenerator.from_pretrained(str(tiny_pipeline_dir), lora=str(euler_lora_dir), device="cpu")
+    ours = euler.few_step([PROMPT], [11]).frames[0]
+    stock = stock_few_step_video(tiny_pipeline_dir, euler_lora_dir, PROMPT, 11, euler.defaults)
+    assert np.abs(stock.astype(int) - ours.astype(int)).max() <= 1  # stochastic_sampling=False, no global seed
+    card = lora_card(
+        GeneratorMeta.from_dict(meta, "test"), "base", "lora", {"height": 32, "width": 32, "num_frames": 5}
+    )
+    assert "stochastic_sampling=False" in card and "deterministic Euler steps" in card and "torch.manual_seed" not in card
+
+
+def test_the_rollout_with_euler_steps_draws_no_re_noising():
+    from w2svd.algorithm import rollout
+    from w2svd.sampling import get_sigmas, sample_euler
+
+    def v(x, s):
+        return 0.5 * x + s
+
+    def no_draws(x):
+        raise AssertionError("a deterministic rollout drew re-noising noise")
+
+    noise, sigmas = torch.randn(2, 3, 4), get_sigmas(4, 3.0)
+    assert torch.equal(rollout(v, noise, sigmas, 3, no_draws, renoise=False), sample_euler(v, noise, sigmas[:4]))
+    draws = torch.Generator().manual_seed(0)
+    renoised = rollout(v, noise, sigmas, 3, lambda x: torch.randn(x.shape, generator=draws))
+    assert not torch.allclose(renoised, sample_euler(v, noise, sigmas[:4]))  # the default re-noises
+    assert torch.equal(rollout(v, noise, sigmas, 0, no_draws, renoise=False), noise)
+
+
 def test_missing_and_mismatched_models_are_named(tmp_path, tiny_pipeline_dir):
     from w2svd.hub import ModelNotFoundError
 

@@ -21,17 +21,26 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from w2svd.sampling import NoiseFn, guided, noised, sample_renoise, x0_from_v
+from w2svd.sampling import NoiseFn, guided, noised, sample_euler, sample_renoise, x0_from_v
 
 __all__ = ["distribution_matching_loss", "fake_score_loss", "guided", "noised", "rollout", "x0_from_v"]
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_s (B, ...), s (B,) or float) -> v
 
 
-def rollout(generator: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, k: int, noise_fn: NoiseFn):
-    """Backward simulation: the generator's own few-step sampler from pure noise to sigmas[k], no gradient."""
+def rollout(
+    generator: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, k: int, noise_fn: NoiseFn, renoise: bool = True
+):
+    """Backward simulation: the generator's own few-step sampler from pure noise to sigmas[k], no gradient.
+
+    ``renoise``: re-noise each x0 prediction with ``noise_fn`` (DMD2), else deterministic Euler steps; either way the
+    sampler inference uses (``GeneratorMeta.renoise``)."""
+    if not k:
+        return noise
     with torch.no_grad():
-        return sample_renoise(generator, noise, sigmas[: k + 1], noise_fn) if k else noise
+        if renoise:
+            return sample_renoise(generator, noise, sigmas[: k + 1], noise_fn)
+        return sample_euler(generator, noise, sigmas[: k + 1])
 
 
 def distribution_matching_loss(

@@ -112,7 +112,8 @@ def lora_card(meta: GeneratorMeta, base_repo: str, lora_repo: str, defaults: dic
         f"real score = base + {meta.training.get('alpha_weak')} x fake-score LoRA "
         f"(lambda_gt = {meta.training.get('lambda_gt')}).",
         f"Recommended: {steps} steps, sigmas {sigmas[:-1]} (already shifted: build the scheduler with shift=1),",
-        f"guidance {meta.guidance_scale}, re-noising between steps (stochastic_sampling=True).",
+        f"guidance {meta.guidance_scale}, "
+        + ("re-noising between steps (stochastic_sampling=True)." if meta.renoise else "deterministic Euler steps."),
         *teacher_note(meta),
         "",
         "```python",
@@ -122,10 +123,14 @@ def lora_card(meta: GeneratorMeta, base_repo: str, lora_repo: str, defaults: dic
         f'pipe = {pipeline}.from_pretrained("{base_repo}")',
         f'pipe.load_lora_weights("{lora_repo}")',
         "pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(",
-        "    pipe.scheduler.config, shift=1.0, stochastic_sampling=True",
+        f"    pipe.scheduler.config, shift=1.0, stochastic_sampling={meta.renoise}",
         ")",
         "seed = 0",
-        "torch.manual_seed(seed + 1)  # the re-noising draws from the global RNG; w2svd seeds it with seed + 1",
+        *(
+            ["torch.manual_seed(seed + 1)  # the re-noising draws from the global RNG; w2svd seeds it with seed + 1"]
+            if meta.renoise
+            else []
+        ),
         "video = pipe(",
         '    prompt="a woman with long red hair and glasses talking against a teal background",',
         f"    height={defaults['height']}, width={defaults['width']}, num_frames={defaults['num_frames']},",

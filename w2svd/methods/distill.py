@@ -66,6 +66,9 @@ class DistillConfig:
     noise_shift: float = 3.0  # shift of the noise levels drawn for DM and fake-score losses (the base's)
     real_cfg_scale: float = 1.0  # true CFG on the real score (empty prompt); 1 = off. Match the base's true_cfg_scale
     backward_simulation: bool = True  # else the generator is trained from pure noise at every step
+    # the generator's sampler, in training's rollout and at inference: re-noise each x0 prediction with fresh noise
+    # (DMD2; diffusers stochastic_sampling=True), or false: deterministic Euler steps (stochastic_sampling=False)
+    renoise: bool = True
     ema_decay: float = 0.0  # EMA of the generator LoRA (0 = off); the export uses the EMA weights
     discriminator: bool = False  # DMD2-style GAN head on the fake score's features (discriminator.py)
     gan_generator_weight: float = 5e-3  # weight of the generator's GAN loss (DMD2's SDXL setting)
@@ -220,7 +223,7 @@ class DistillMethod(Method):
         cond, x0_real, k = batch["cond"], batch["x0_real"], batch["k"]
         rng = batch["noise"].stream(phase)  # the same draws for a sample whichever process holds it
         generator = self.score(GENERATOR, cond)
-        x_k = rollout(generator, rng.randn_like(x0_real), self.sigmas, k, rng.randn_like)
+        x_k = rollout(generator, rng.randn_like(x0_real), self.sigmas, k, rng.randn_like, self.cfg.renoise)
         s_k = self.sigmas[k]
         if phase == GENERATOR:
             x0_hat = x0_from_v(x_k, s_k, generator(x_k, s_k))
@@ -304,7 +307,14 @@ class DistillMethod(Method):
         """Few-step generator samples decoded to video in [-1, 1] (the same sampler the pipeline uses)."""
         d = self.train_cfg.data
         return few_step_videos(
-            self.backbone, lambda c: self.score(GENERATOR, c), self.sigmas, d, prompts, seeds, self.device
+            self.backbone,
+            lambda c: self.score(GENERATOR, c),
+            self.sigmas,
+            d,
+            prompts,
+            seeds,
+            self.device,
+            renoise=self.cfg.renoise,
         )
 
     def validate(self, step: int, out_dir: Path) -> dict[str, float]:
@@ -320,7 +330,7 @@ class DistillMethod(Method):
             sigmas_by_steps={str(c.steps): [round(float(s), 6) for s in self.sigmas]},
             default_steps=c.steps,
             guidance_scale=c.guidance,
-            renoise=True,
+            renoise=c.renoise,
             base_model=self.base_name,
             pipeline=type(self.pipe).__name__,
             method="w2svd" if (c.alpha_weak > 0 or c.lambda_gt > 0) else "dmd",

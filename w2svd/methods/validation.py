@@ -18,7 +18,7 @@ from w2svd.backbones import Backbone, Cond
 from w2svd.data import tensor_to_video
 from w2svd.eval.features import NUM_FRAMES, SIZE
 from w2svd.eval.metrics import evaluate_generator
-from w2svd.sampling import ModelFn, SeededRenoise, sample_renoise, seeded_noise
+from w2svd.sampling import ModelFn, SeededRenoise, sample_euler, sample_renoise, seeded_noise
 from w2svd.training.config import DataConfig
 
 METRICS_FILE = "metrics.jsonl"
@@ -76,12 +76,17 @@ def few_step_videos(
     prompts: list[str],
     seeds: list[int],
     device: torch.device,
+    renoise: bool = True,
 ) -> torch.Tensor:
-    """Decoded videos in [-1, 1] from ``sample_renoise`` with ``velocity_for(cond)``, per-seed CPU noise."""
+    """Decoded videos in [-1, 1] from ``sample_renoise`` (``renoise``, per-seed re-noising) or ``sample_euler`` with
+    ``velocity_for(cond)``, per-seed CPU noise: the pipeline's few-step sampler."""
     cond = backbone.encode_prompts(prompts)
     shape = backbone.latent_shape(data.num_frames, *data.hw)
     noise = seeded_noise(shape, seeds).to(device)
-    lat = sample_renoise(velocity_for(cond), noise, sigmas, noise_fn=SeededRenoise(seeds))
+    if renoise:
+        lat = sample_renoise(velocity_for(cond), noise, sigmas, noise_fn=SeededRenoise(seeds))
+    else:
+        lat = sample_euler(velocity_for(cond), noise, sigmas)
     return backbone.decode_latents(lat)
 
 
