@@ -114,6 +114,10 @@ def test_a_changed_config_is_refused_on_resume_unless_allowed_and_every_config_i
     history = sorted((out / HISTORY).glob("config-*.yaml"))
     assert len(history) == 3 and "lr: 0.002" in (out / "config.yaml").read_text()
     assert "max_steps: 2" in history[0].read_text() and "lr: 0.001" in history[1].read_text()
+    branch = tmp_path / "branch"  # a copy of the folder resumes as a branch of the run: no flag needed
+    shutil.copytree(out, branch)
+    train(vae_cfg(branch, max_steps=5, optim={"lr": 2e-3}), progress=False)
+    assert json.loads((branch / "train_time.json").read_text())["steps"] == 5
 
 
 DiskUsage = collections.namedtuple("DiskUsage", "total used free")

@@ -23,6 +23,7 @@ HISTORY = "config-history"  # every config the run was trained with, numbered in
 # Settings that change how a run is watched or how long it goes on, not what it trains: a resume may change them
 RUN_CONTROL_KEYS = frozenset(
     {
+        "output_dir",  # a copied run folder resumes where the original stopped (a branch of the run)
         "max_steps",
         "checkpoint_every",
         "checkpoints_total_limit",
