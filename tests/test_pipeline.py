@@ -14,19 +14,23 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 PROMPT = "a woman with long red hair and glasses talking against a teal background"
 
 
-@pytest.fixture(scope="module")
-def lora_dir(tmp_path_factory, tiny_pipeline_dir):
+def train_tiny_lora(tmp, base_dir, **method):
+    """A 4-step generator LoRA trained for 4 loop steps on the tiny pipeline (``method``: overrides)."""
     from w2svd.config import from_dict
     from w2svd.trainer import train
     from w2svd.training.config import TrainConfig
 
-    tmp = tmp_path_factory.mktemp("lora")
     data = yaml.safe_load((ROOT / "training/configs/tiny_w2svd.yaml").read_text())
     data["method"].pop("random_base")
-    data["method"].update(base=str(tiny_pipeline_dir), cache_dir=str(tmp / "cache"), generator_lr=0.05)
+    data["method"].update(base=str(base_dir), cache_dir=str(tmp / "cache"), generator_lr=0.05)
+    data["method"].update(fake_updates_per_generator_update=1, **method)
     data.update(output_dir=str(tmp / "run"), max_steps=4)
-    data["method"]["fake_updates_per_generator_update"] = 1
     return train(from_dict(TrainConfig, data), progress=False)
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory, tiny_pipeline_dir):
+    return train_tiny_lora(tmp_path_factory.mktemp("lora"), tiny_pipeline_dir)
 
 
 @pytest.fixture(scope="module")
@@ -97,17 +101,7 @@ def test_stock_diffusers_pipeline_reproduces_the_few_step_video(gen, tiny_pipeli
 @pytest.fixture(scope="module")
 def euler_lora_dir(tmp_path_factory, tiny_pipeline_dir):
     """A generator trained with deterministic Euler steps (method.renoise=false) instead of re-noising."""
-    from w2svd.config import from_dict
-    from w2svd.trainer import train
-    from w2svd.training.config import TrainConfig
-
-    tmp = tmp_path_factory.mktemp("euler_lora")
-    data = yaml.safe_load((ROOT / "training/configs/tiny_w2svd.yaml").read_text())
-    data["method"].pop("random_base")
-    data["method"].update(base=str(tiny_pipeline_dir), cache_dir=str(tmp / "cache"), generator_lr=0.05)
-    data["method"].update(renoise=False, fake_updates_per_generator_update=1)
-    data.update(output_dir=str(tmp / "run"), max_steps=4)
-    return train(from_dict(TrainConfig, data), progress=False)
+    return train_tiny_lora(tmp_path_factory.mktemp("euler_lora"), tiny_pipeline_dir, renoise=False)
 
 
 def test_a_generator_trained_with_euler_steps_samples_and_is_carded_without_re_noising(
