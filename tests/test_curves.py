@@ -11,7 +11,8 @@ from curves import main, verdict  # noqa: E402
 
 def points(*fd, motion=0.6):
     return [
-        {"generator_updates": 100 * (i + 1), "fd_clip": v, "fd_frame": 1.0, "adherence/motion": motion}
+        {"step": 500 * (i + 1), "generator_updates": 100 * (i + 1), "fd_clip": v, "fd_frame": 1.0}
+        | {"adherence/motion": motion}
         for i, v in enumerate(fd)
     ]
 

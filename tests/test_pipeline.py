@@ -14,7 +14,7 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 PROMPT = "a woman with long red hair and glasses talking against a teal background"
 
 
-def train_tiny_lora(tmp, base_dir, **method):
+def train_tiny_lora(tmp, base_dir, validate_every: int = 0, **method):
     """A 4-step generator LoRA trained for 4 loop steps on the tiny pipeline (``method``: overrides)."""
     from w2svd.config import from_dict
     from w2svd.trainer import train
@@ -24,7 +24,7 @@ def train_tiny_lora(tmp, base_dir, **method):
     data["method"].pop("random_base")
     data["method"].update(base=str(base_dir), cache_dir=str(tmp / "cache"), generator_lr=0.05)
     data["method"].update(fake_updates_per_generator_update=1, **method)
-    data.update(output_dir=str(tmp / "run"), max_steps=4)
+    data.update(output_dir=str(tmp / "run"), max_steps=4, validate_every=validate_every)
     return train(from_dict(TrainConfig, data), progress=False)
 
 
@@ -122,6 +122,27 @@ def test_a_generator_trained_with_euler_steps_samples_and_is_carded_without_re_n
     )
     assert "stochastic_sampling=False" in card and "deterministic Euler steps" in card
     assert "torch.manual_seed" not in card  # nothing draws from the global RNG
+
+
+def test_training_rollout_and_validation_samples_follow_method_renoise(tmp_path, tiny_pipeline_dir, monkeypatch):
+    import w2svd.methods.distill as distill
+
+    seen = {"rollout": [], "validation": []}
+    rollout, videos = distill.rollout, distill.few_step_videos
+
+    def spy_rollout(*args):
+        seen["rollout"].append(args[-1])
+        return rollout(*args)
+
+    def spy_videos(*args, **kw):
+        seen["validation"].append(kw["renoise"])
+        return videos(*args, **kw)
+
+    monkeypatch.setattr(distill, "rollout", spy_rollout)
+    monkeypatch.setattr(distill, "few_step_videos", spy_videos)
+    train_tiny_lora(tmp_path, tiny_pipeline_dir, validate_every=2, renoise=False)
+    assert seen["rollout"] and set(seen["rollout"]) == {False}
+    assert seen["validation"] and set(seen["validation"]) == {False}
 
 
 def test_the_rollout_with_euler_steps_draws_no_re_noising():

@@ -12,16 +12,18 @@ is 1/5); drift: the last FD-clip more than 10% above the run's best.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 def read_curve(run: Path) -> list[dict]:
-    path = run / "validation" / "metrics.jsonl"
-    if not path.is_file():
+    from w2svd.methods.validation import read_metrics
+
+    points = read_metrics(run)
+    if not points:
         raise FileNotFoundError(f"{run}: no validation/metrics.jsonl (has the run validated yet?)")
-    points = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     for p in points:  # a 64-pair point is its own first-64 figure (later runs score 256 pairs and log both)
         if p.get("n", 64) == 64:
             p.setdefault("fd_clip@64", p["fd_clip"])

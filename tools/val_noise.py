@@ -1,8 +1,9 @@
 """How far can a 64-pair validation FD move without the model changing? Disjoint subsets of the 256 held-out pairs.
 
-The training curves (``metrics.jsonl``) score ``method.val_metrics_n`` = 64 pairs, the first 64 of the benchmark's 256.
-This scores each LoRA once on the 256 pairs and reports FD-clip and FD-frame on the four disjoint 64-pair subsets
-(the first one is exactly what a validation at the end of the run would log), so a curve's rise can be compared
+Training curves (``metrics.jsonl``) scored ``method.val_metrics_n`` = 64 pairs, the first 64 of the benchmark's 256,
+until the ninth sitting (now 256, with the first 64 as ``fd_clip@64``). This scores each LoRA once on the 256 pairs
+and reports FD-clip and FD-frame on the four disjoint 64-pair subsets (the first one is exactly what a 64-pair
+validation at the end of the run logs), so a curve's rise can be compared
 with how much the same weights score on different pairs.
 
     python tools/val_noise.py runs/sweep/u_shift1_1000 runs/sweep/v_ratio1_w2svd --out docs/experiments/val_noise.json

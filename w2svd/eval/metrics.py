@@ -157,8 +157,11 @@ def generate_clips(generate_fn: GenerateFn, examples: list[Example], batch_size:
     return np.concatenate(chunks)
 
 
-def subset_fds(generated: Embedding, reference: Embedding, size: int) -> list[dict[str, float]]:
-    """FD-clip and FD-frame of each disjoint block of ``size`` clips (in order) against the same block of references.
+def subset_fds(
+    generated: Embedding, reference: Embedding, size: int, blocks: int | None = None
+) -> list[dict[str, float]]:
+    """FD-clip and FD-frame of each disjoint block of ``size`` clips (in order; the first ``blocks`` of them, or all)
+    against the same block of references.
 
     The first block of ``heldout_examples(n)`` is ``heldout_examples(size)``: its figures are what an ``n=size``
     evaluation of the same clips gives.
@@ -170,7 +173,8 @@ def subset_fds(generated: Embedding, reference: Embedding, size: int) -> list[di
         )
     frames = len(generated.frame_features) // n
     out = []
-    for start in range(0, n - size + 1, size):
+    starts = range(0, n - size + 1, size)
+    for start in starts[:blocks]:
         clips, frame_rows = slice(start, start + size), slice(start * frames, (start + size) * frames)
         out.append(
             {
@@ -216,7 +220,7 @@ def evaluate_generator(
         "fd_clip_real": fd_clip(real, reference),
     }
     if first:
-        head = subset_fds(generated, reference, first)[0]
+        (head,) = subset_fds(generated, reference, first, blocks=1)
         result[f"fd_frame@{first}"], result[f"fd_clip@{first}"] = head["fd_frame"], head["fd_clip"]
     result.update({f"adherence/{k}": v for k, v in adherence(generated, examples).items()})
     temporal, real_temporal = summarise(clips), summarise(reference_clips)
