@@ -50,6 +50,25 @@ def test_scale_identities(method):
     assert torch.equal(method.score(FAKE, batch["cond"])(x, s), v["alpha1"])
 
 
+def test_the_guidance_interval_guides_only_the_samples_inside_it(method, monkeypatch):
+    monkeypatch.setattr(method.cfg, "real_cfg_scale", 2.0)
+    monkeypatch.setattr(method.cfg, "alpha_weak", 0.25)
+    batch = method.batch(0)  # with the empty-prompt condition, as real_cfg_scale > 1 asks
+    torch.manual_seed(2)
+    x = torch.randn_like(batch["x0_real"])
+    s = torch.linspace(0.1, 0.9, x.shape[0])
+    with torch.no_grad():
+        everywhere = method.real_score(batch["cond"], batch["uncond"])(x, s)
+        monkeypatch.setattr(method.cfg, "real_cfg_levels", (0.5, 1.0))
+        interval = method.real_score(batch["cond"], batch["uncond"])(x, s)
+        unguided = method.real_score(batch["cond"], None)(x, s)
+    inside = s >= 0.5
+    assert inside.any() and (~inside).any()
+    assert torch.allclose(interval[inside], everywhere[inside])
+    assert torch.allclose(interval[~inside], unguided[~inside])
+    assert not torch.allclose(everywhere[~inside], unguided[~inside])  # guidance does change those samples
+
+
 @pytest.mark.parametrize("phase", [GENERATOR, FAKE])
 def test_only_the_phase_adapter_gets_gradients(method, phase):
     method.cfg.alpha_weak = 0.25

@@ -65,6 +65,9 @@ class DistillConfig:
     dm_s_max: float = 0.98
     noise_shift: float = 3.0  # shift of the noise levels drawn for DM and fake-score losses (the base's)
     real_cfg_scale: float = 1.0  # true CFG on the real score (empty prompt); 1 = off. Match the base's true_cfg_scale
+    # the noise levels [lo, hi] of the distribution-matching loss at which real_cfg_scale applies (elsewhere the
+    # real score is unguided): a guidance interval; [0, 1] guides at every level
+    real_cfg_levels: tuple[float, float] = (0.0, 1.0)
     backward_simulation: bool = True  # else the generator is trained from pure noise at every step
     # the generator's sampler, in training's rollout and at inference: re-noise each x0 prediction with fresh noise
     # (DMD2; diffusers stochastic_sampling=True), or false: deterministic Euler steps (stochastic_sampling=False)
@@ -91,6 +94,12 @@ class DistillConfig:
         if self.dm_s_min >= self.dm_s_max:
             raise ConfigError(f"method.dm_s_min={self.dm_s_min} must be below method.dm_s_max={self.dm_s_max}")
         check_values(self, "method", real_cfg_scale=(lambda v: 1 <= v <= MAX_CFG_SCALE, f"in [1, {MAX_CFG_SCALE:g}]"))
+        lo, hi = self.real_cfg_levels
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ConfigError(
+                f"method.real_cfg_levels={list(self.real_cfg_levels)} must be two noise levels [lo, hi] with "
+                "0 <= lo < hi <= 1 (for example [0.5, 1.0] guides the real score at high noise only; [0, 1] everywhere)"
+            )
         if not 0.0 <= self.alpha_weak <= 1.0:
             raise ConfigError(f"method.alpha_weak={self.alpha_weak} must be in [0, 1] (0 is vanilla DMD)")
         if self.roles not in ROLES:
@@ -186,7 +195,7 @@ class DistillMethod(Method):
     def real_score(self, cond: Cond, uncond: Cond | None):
         """The weak-to-strong real score, guided against the empty prompt as the base samples (real_cfg_scale)."""
         v_uncond = None if uncond is None else self.score(REAL, uncond)
-        return guided(self.score(REAL, cond), v_uncond, self.cfg.real_cfg_scale)
+        return guided(self.score(REAL, cond), v_uncond, self.cfg.real_cfg_scale, self.cfg.real_cfg_levels)
 
     def pick_step(self, step: int) -> int:
         """The rollout depth k of ``step``'s batch (backward simulation), one for the whole global batch."""
@@ -345,6 +354,7 @@ class DistillMethod(Method):
                 "fake_score_updates": self.generator_updates * c.fake_updates_per_generator_update,
                 "ema_decay": c.ema_decay,
                 "discriminator": c.discriminator,
+                **({"real_cfg_levels": list(c.real_cfg_levels)} if c.real_cfg_levels != (0.0, 1.0) else {}),
             },
         )
 
