@@ -69,6 +69,35 @@ def test_the_guidance_interval_guides_only_the_samples_inside_it(method, monkeyp
     assert not torch.allclose(everywhere[~inside], unguided[~inside])  # guidance does change those samples
 
 
+def test_outside_the_guidance_interval_the_real_score_takes_the_outside_scale(method, monkeypatch):
+    monkeypatch.setattr(method.cfg, "alpha_weak", 0.25)
+    monkeypatch.setattr(method.cfg, "real_cfg_scale", 1.5)
+    batch = method.batch(0)
+    torch.manual_seed(3)
+    x = torch.randn_like(batch["x0_real"])
+    s = torch.linspace(0.1, 0.9, x.shape[0])
+    with torch.no_grad():
+        at_15 = method.real_score(batch["cond"], batch["uncond"])(x, s)
+        monkeypatch.setattr(method.cfg, "real_cfg_scale", 2.0)
+        at_2 = method.real_score(batch["cond"], batch["uncond"])(x, s)
+        monkeypatch.setattr(method.cfg, "real_cfg_levels", (0.5, 1.0))
+        monkeypatch.setattr(method.cfg, "real_cfg_outside_scale", 1.5)
+        two_scales = method.real_score(batch["cond"], batch["uncond"])(x, s)
+    inside = s >= 0.5
+    assert inside.any() and (~inside).any()
+    assert torch.allclose(two_scales[inside], at_2[inside])
+    assert torch.allclose(two_scales[~inside], at_15[~inside])
+    assert not torch.allclose(at_2[~inside], at_15[~inside])
+
+
+def test_an_outside_scale_alone_still_asks_the_batch_for_the_empty_prompt(method, monkeypatch):
+    monkeypatch.setattr(method.cfg, "real_cfg_levels", (0.4, 0.75))
+    monkeypatch.setattr(method.cfg, "real_cfg_outside_scale", 1.5)  # real_cfg_scale stays 1: guided outside only
+    assert method.batch(0)["uncond"] is not None
+    meta = method.generator_meta()
+    assert meta.training["real_cfg_outside_scale"] == 1.5 and meta.training["real_cfg_levels"] == [0.4, 0.75]
+
+
 @pytest.mark.parametrize("phase", [GENERATOR, FAKE])
 def test_only_the_phase_adapter_gets_gradients(method, phase):
     method.cfg.alpha_weak = 0.25

@@ -167,6 +167,8 @@ def run_script():
         ("method.real_cfg_scale=0.5", r"method.real_cfg_scale=0.5 must be in \[1, 30\]"),
         ("method.real_cfg_levels=[0.7,0.5]", r"method.real_cfg_levels=\[0.7, 0.5\] must be two noise levels"),
         ("method.real_cfg_levels=[0.5]", r"method\(w2svd\).real_cfg_levels must be a list of 2 items, got \[0.5\]"),
+        ("method.real_cfg_outside_scale=1.5", r"method.real_cfg_outside_scale=1.5 has no effect: .* covers every"),
+        ("method.real_cfg_outside_scale=0.5", r"method.real_cfg_outside_scale=0.5 .*in \[1, "),
         ("method.dm_s_min=0.99", "method.dm_s_min=0.99 must be below method.dm_s_max=0.98"),
         ("method.noise_shift=0", "method.noise_shift=0.0 must be > 0"),
     ],

@@ -68,23 +68,30 @@ def x0_from_v(x: torch.Tensor, sigma: float | torch.Tensor, v: torch.Tensor) -> 
     return x - _bcast(sigma, x) * v
 
 
-def guided(cond: ModelFn, uncond: ModelFn | None, scale: float, interval: tuple[float, float] = (0.0, 1.0)) -> ModelFn:
+def guided(
+    cond: ModelFn,
+    uncond: ModelFn | None,
+    scale: float,
+    interval: tuple[float, float] = (0.0, 1.0),
+    outside_scale: float = 1.0,
+) -> ModelFn:
     """Classifier-free guidance v_u + scale (v_c - v_u) against the empty prompt; ``cond`` itself at scale 1.
 
-    ``interval`` (lo, hi) guides only at noise levels lo <= s <= hi (per sample where s is (B,)) and returns the
-    conditional velocity elsewhere, a guidance interval (Kynkaanniemi et al., 2024); the default guides everywhere.
+    ``interval`` (lo, hi) guides with ``scale`` only at noise levels lo <= s <= hi (per sample where s is (B,)) and
+    with ``outside_scale`` elsewhere (1: the conditional velocity), a guidance interval (Kynkaanniemi et al., 2024);
+    the default guides everywhere.
     """
-    if uncond is None or scale == 1.0:
-        return cond
     lo, hi = interval
     everywhere = lo <= 0.0 and hi >= 1.0
+    if uncond is None or (scale == 1.0 and (everywhere or outside_scale == 1.0)):
+        return cond
 
     def v(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         v_u, v_c = uncond(x, s), cond(x, s)
         if everywhere:
             return v_u + scale * (v_c - v_u)
         level = torch.as_tensor(s, dtype=x.dtype, device=x.device)
-        w = torch.where((level >= lo) & (level <= hi), scale, 1.0).to(x.dtype)
+        w = torch.where((level >= lo) & (level <= hi), scale, outside_scale).to(x.dtype)
         return v_u + _bcast(w, x) * (v_c - v_u)
 
     return v

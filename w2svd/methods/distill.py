@@ -68,6 +68,7 @@ class DistillConfig:
     # the noise levels [lo, hi] of the distribution-matching loss at which real_cfg_scale applies (elsewhere the
     # real score is unguided): a guidance interval; [0, 1] guides at every level
     real_cfg_levels: tuple[float, float] = (0.0, 1.0)
+    real_cfg_outside_scale: float = 1.0  # the real score's guidance outside real_cfg_levels (1 = unguided there)
     backward_simulation: bool = True  # else the generator is trained from pure noise at every step
     # the generator's sampler, in training's rollout and at inference: re-noise each x0 prediction with fresh noise
     # (DMD2; diffusers stochastic_sampling=True), or false: deterministic Euler steps (stochastic_sampling=False)
@@ -85,6 +86,11 @@ class DistillConfig:
     val_prompts: int = 8
     val_metrics_n: int = 0  # held-out pairs scored at each validation (FD, adherence); needs 9 frames of 64x64
 
+    @property
+    def guides_real_score(self) -> bool:
+        """Whether the real score is guided at some noise level (the batch then needs the empty-prompt condition)."""
+        return self.real_cfg_scale != 1.0 or self.real_cfg_outside_scale != 1.0
+
     def validate(self) -> None:
         check_values(
             self, "method", generator_rank=AT_LEAST_ONE, fake_rank=AT_LEAST_ONE, generator_lora_alpha=POSITIVE,
@@ -93,12 +99,19 @@ class DistillConfig:
         )  # fmt: skip
         if self.dm_s_min >= self.dm_s_max:
             raise ConfigError(f"method.dm_s_min={self.dm_s_min} must be below method.dm_s_max={self.dm_s_max}")
-        check_values(self, "method", real_cfg_scale=(lambda v: 1 <= v <= MAX_CFG_SCALE, f"in [1, {MAX_CFG_SCALE:g}]"))
+        in_range = (lambda v: 1 <= v <= MAX_CFG_SCALE, f"in [1, {MAX_CFG_SCALE:g}]")
+        check_values(self, "method", real_cfg_scale=in_range, real_cfg_outside_scale=in_range)
         lo, hi = self.real_cfg_levels
         if not 0.0 <= lo < hi <= 1.0:
             raise ConfigError(
                 f"method.real_cfg_levels={list(self.real_cfg_levels)} must be two noise levels [lo, hi] with "
                 "0 <= lo < hi <= 1 (for example [0.5, 1.0] guides the real score at high noise only; [0, 1] everywhere)"
+            )
+        if self.real_cfg_outside_scale != 1.0 and lo <= 0.0 and hi >= 1.0:
+            raise ConfigError(
+                f"method.real_cfg_outside_scale={self.real_cfg_outside_scale:g} has no effect: it applies outside "
+                f"method.real_cfg_levels={list(self.real_cfg_levels)}, which covers every noise level; narrow the "
+                "levels (for example [0.4, 0.75]) or leave real_cfg_outside_scale at 1"
             )
         if not 0.0 <= self.alpha_weak <= 1.0:
             raise ConfigError(f"method.alpha_weak={self.alpha_weak} must be in [0, 1] (0 is vanilla DMD)")
@@ -195,7 +208,8 @@ class DistillMethod(Method):
     def real_score(self, cond: Cond, uncond: Cond | None):
         """The weak-to-strong real score, guided against the empty prompt as the base samples (real_cfg_scale)."""
         v_uncond = None if uncond is None else self.score(REAL, uncond)
-        return guided(self.score(REAL, cond), v_uncond, self.cfg.real_cfg_scale, self.cfg.real_cfg_levels)
+        c = self.cfg
+        return guided(self.score(REAL, cond), v_uncond, c.real_cfg_scale, c.real_cfg_levels, c.real_cfg_outside_scale)
 
     def pick_step(self, step: int) -> int:
         """The rollout depth k of ``step``'s batch (backward simulation), one for the whole global batch."""
@@ -222,7 +236,7 @@ class DistillMethod(Method):
         idx = rng.integers(len(self.cache["latents"]), size=self.train_cfg.batch_size)
         x0_real, cond = latent_cache.cache_batch(self.cache, idx, None, self.device, self.shard)
         uncond = None
-        if self.cfg.real_cfg_scale != 1.0:
+        if self.cfg.guides_real_score:
             _, uncond = latent_cache.cache_batch(self.cache, idx, np.ones(len(idx), bool), self.device, self.shard)
         k = self.pick_step(step)  # one rollout depth for the whole global batch
         return {"x0_real": x0_real, "cond": cond, "uncond": uncond, "k": k, "noise": self.step_noise(step)}
@@ -355,6 +369,7 @@ class DistillMethod(Method):
                 "ema_decay": c.ema_decay,
                 "discriminator": c.discriminator,
                 **({"real_cfg_levels": list(c.real_cfg_levels)} if c.real_cfg_levels != (0.0, 1.0) else {}),
+                **({"real_cfg_outside_scale": c.real_cfg_outside_scale} if c.real_cfg_outside_scale != 1.0 else {}),
             },
         )
 
