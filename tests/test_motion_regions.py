@@ -58,3 +58,13 @@ def test_cli_rows_on_the_embedded_base(capsys, tmp_path):
     assert "python -m w2svd.eval.motion_regions --n 5" in md.read_text()
     with pytest.raises(SystemExit):
         mr.main(["--n", "0"])
+
+
+def test_lora_only_skips_the_base_rows(capsys):
+    assert mr.main(["--n", "5", "--lora-only"]) == 0
+    out = capsys.readouterr().out
+    assert "| real clips |" in out and "| w2svd-4 |" in out
+    assert "base-28" not in out and "euler-4" not in out
+    with pytest.raises(SystemExit):
+        mr.main(["--n", "5", "--lora", "none", "--lora-only"])
+    assert "--lora-only needs a LoRA" in capsys.readouterr().err

@@ -6,7 +6,8 @@ consecutive frames. Talking and smiling should move pixels in the mouth band, bl
 of the moving pixels should be there; nodding and turning move the whole head, so a good share of moving pixels
 lies outside both bands. Real clips pass these checks (``python -m w2svd.eval.motion_regions``, docs/motion_regions.md).
 
-    python -m w2svd.eval.motion_regions [--base embedded] [--n 256] [--threads 2] [--out-md docs/motion_regions.md]
+    python -m w2svd.eval.motion_regions [--base embedded] [--lora embedded] [--lora-only] [--n 256] [--threads 2]
+        [--out-md docs/motion_regions.md]
 """
 
 from __future__ import annotations
@@ -121,9 +122,16 @@ def format_table(rows: list[RegionRow]) -> str:
     return "\n".join(lines)
 
 
-def samplers(gen) -> list[tuple[str, Callable[[list[str], list[int]], np.ndarray]]]:
-    """The rows: the base as it samples by default, the base without guidance, 4-step Euler, and the LoRA if any."""
+def samplers(gen, base_rows: bool = True) -> list[tuple[str, Callable[[list[str], list[int]], np.ndarray]]]:
+    """The rows: the base as it samples by default, the base without guidance, 4-step Euler, and the LoRA if any.
+
+    ``base_rows`` False keeps only the LoRA's row (the base rows cost 28-56 transformer calls per clip).
+    """
     cfg = gen.defaults.true_cfg_scale
+    if not base_rows:
+        if gen.lora_meta is None:
+            raise ValueError("no LoRA is loaded, so without the base rows there is nothing to sample")
+        return [(f"w2svd-{gen.lora_meta.default_steps}", lambda p, s: gen.few_step(p, s).frames)]
     rows = [(f"base-{gen.defaults.num_inference_steps} (CFG {cfg:g}, default)", lambda p, s: gen.baseline(p, s).frames)]
     if cfg != 1.0:
         rows.append(
@@ -135,10 +143,10 @@ def samplers(gen) -> list[tuple[str, Callable[[list[str], list[int]], np.ndarray
     return rows
 
 
-def run(gen, examples: list[Example], batch_size: int = 32) -> list[RegionRow]:
+def run(gen, examples: list[Example], batch_size: int = 32, base_rows: bool = True) -> list[RegionRow]:
     motions = [e.portrait.label("motion") for e in examples]
     rows = [summarise("real clips", render_examples(examples), motions)]
-    for name, fn in samplers(gen):
+    for name, fn in samplers(gen, base_rows):
         rows.append(summarise(name, generate_clips(fn, examples, batch_size), motions))
     return rows
 
@@ -153,10 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lora", default="embedded", help="distilled LoRA to add as a row ('none' for no LoRA row)")
     ap.add_argument("--n", type=int, default=256, help="held-out prompts (default 256)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    ap.add_argument(
+        "--lora-only", action="store_true", help="only the real clips and the LoRA rows (skip the base's rows)"
+    )
     ap.add_argument("--out-md", default=None, help="also write the tables to this Markdown file, with the command")
     args = ap.parse_args(argv)
     if args.n < 1:
         ap.error(f"--n must be at least 1, got {args.n}")
+    if args.lora_only and args.lora == "none":
+        ap.error("--lora-only needs a LoRA (--lora embedded, a folder or a Hub id), got --lora none")
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -164,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     d = gen.defaults
     if (d.height, d.width) != (64, 64):
         ap.error(f"the bands are laid out for the portrait world at 64x64; {args.base} samples {d.height}x{d.width}")
-    table = format_table(run(gen, heldout_examples(args.n)))
+    table = format_table(run(gen, heldout_examples(args.n), base_rows=not args.lora_only))
     footer = f"{args.n} held-out pairs, tau {TAU:g} grey levels; {time.perf_counter() - start:.0f} s"
     print(f"{table}\n\n{footer}")
     if args.out_md:
