@@ -321,3 +321,32 @@ def test_latent_cache_key_follows_the_encoder_side_not_the_decoder(tiny_pipeline
     assert _fingerprint(backbone, [1]) == key
     vae.register_to_config(scaling_factor=vae.config.scaling_factor * 2)
     assert _fingerprint(backbone, [1]) != key
+
+
+def test_sigterm_saves_a_checkpoint_at_the_current_step_and_resume_goes_on(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from w2svd import trainer
+
+    before = signal.getsignal(signal.SIGTERM)
+    original = trainer.Run.train_step
+
+    def stopped_at_three(self, step):
+        out = original(self, step)
+        if step == 2:  # the third step: a scheduler (or `kill`) stops the run
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(trainer.Run, "train_step", stopped_at_three)
+    with pytest.raises(KeyboardInterrupt):
+        train(vae_cfg(tmp_path / "run", max_steps=6, checkpoint_every=2), progress=False)
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler lives only as long as the run
+    # the loop stopped after the whole third step and saved it (checkpoint_every 2 would have saved only step 2)
+    assert list_checkpoints(tmp_path / "run" / "checkpoints")[-1].name.endswith("00003")
+    monkeypatch.setattr(trainer.Run, "train_step", original)
+    train(vae_cfg(tmp_path / "run", max_steps=6, checkpoint_every=2), progress=False)  # resumes from step 3
+    full = train(vae_cfg(tmp_path / "full", max_steps=6, checkpoint_every=2), progress=False)
+    a = load_file(list_checkpoints(full / "checkpoints")[-1] / "trainable.safetensors")
+    b = load_file(list_checkpoints(tmp_path / "run" / "checkpoints")[-1] / "trainable.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # stopped and resumed = uninterrupted, bitwise

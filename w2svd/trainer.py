@@ -11,7 +11,9 @@ import json
 import logging
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -139,6 +141,36 @@ def mean_over_processes(x: torch.Tensor, num_processes: int) -> float:
     return float(t) / num_processes
 
 
+class StopRequest:
+    """SIGTERM (a scheduler's or ``kill``'s stop), and SIGINT (Ctrl-C), ask the training loop to stop after the
+    step in progress, so the checkpoint it saves holds whole steps and a resume continues bitwise alike; a second
+    signal stops at once (KeyboardInterrupt). SIGINT is left alone where the shell started the run with it
+    ignored (``nohup``-less background jobs get SIGTERM)."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signal is not None:
+            raise KeyboardInterrupt(f"second {name}")
+        self.signal = name
+        log.warning("%s: stopping after this step (with a checkpoint); send it again to stop at once", name)
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():  # signal handlers live on the main thread
+            yield self
+            return
+        names = ["SIGTERM"] + ([] if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else ["SIGINT"])
+        before = {name: signal.signal(getattr(signal, name), self._handle) for name in names}
+        try:
+            yield self
+        finally:
+            for name, handler in before.items():
+                signal.signal(getattr(signal, name), handler)
+
+
 def train(cfg: TrainConfig, progress: bool = True, allow_config_change: bool = False) -> Path:
     """Train (or resume) the run in ``cfg.output_dir``; export the method's artifact there; return the folder.
 
@@ -151,10 +183,11 @@ def train(cfg: TrainConfig, progress: bool = True, allow_config_change: bool = F
     with RunLock(out) if main_launch else contextlib.nullcontext():
         if main_launch:
             record_config(cfg, out, allow_config_change)
-        return _train(cfg, out, progress)
+        with StopRequest().installed() as stop:
+            return _train(cfg, out, progress, stop)
 
 
-def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
+def _train(cfg: TrainConfig, out: Path, progress: bool, stop: StopRequest | None = None) -> Path:
     run = Run(cfg, out)
     run.resume()
     run.accelerator.init_trackers("logs")
@@ -181,10 +214,18 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
                 run_validation(run.method, run.accelerator, out, step, bool(run.sharded_modules))
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
                 run.checkpoint(step)
+            if stop is not None and stop.signal is not None and step < cfg.max_steps:
+                if step % cfg.checkpoint_every and run.main and not run.sharded_modules:  # shards need every process
+                    run.checkpoint(step)
+                log.warning("%s: saved a checkpoint at step %d; re-run the same command to resume", stop.signal, step)
+                raise KeyboardInterrupt(stop.signal)
     except KeyboardInterrupt:
-        if step > run.start and run.main and not run.sharded_modules:  # gathering shards needs every process
-            run.checkpoint(step)
-            log.warning("interrupted: saved a checkpoint at step %d; re-run the same command to resume", step)
+        if stop is None or stop.signal is None:  # a KeyboardInterrupt the handler did not catch: a whole step
+            if step > run.start and run.main and not run.sharded_modules:  # is not guaranteed, so say so
+                run.checkpoint(step)
+                log.warning("interrupted: saved a checkpoint at step %d; re-run the same command to resume", step)
+        elif not (step % cfg.checkpoint_every == 0 or step == run.start):
+            log.warning("stopped at once (second signal): the last periodic checkpoint is kept; step %d is lost", step)
         raise
     finally:
         bar.close()
