@@ -323,7 +323,7 @@ def test_latent_cache_key_follows_the_encoder_side_not_the_decoder(tiny_pipeline
     assert _fingerprint(backbone, [1]) != key
 
 
-def test_sigterm_saves_a_checkpoint_at_the_current_step_and_resume_goes_on(tmp_path, monkeypatch):
+def test_sigterm_saves_a_checkpoint_at_the_current_step_and_resume_goes_on(tmp_path, monkeypatch, caplog):
     import os
     import signal
 
@@ -342,6 +342,7 @@ def test_sigterm_saves_a_checkpoint_at_the_current_step_and_resume_goes_on(tmp_p
     with pytest.raises(KeyboardInterrupt):
         train(vae_cfg(tmp_path / "run", max_steps=6, checkpoint_every=2), progress=False)
     assert signal.getsignal(signal.SIGTERM) is before  # the handler lives only as long as the run
+    assert "SIGTERM: saved a checkpoint at step 3" in caplog.text and "second signal" not in caplog.text
     # the loop stopped after the whole third step and saved it (checkpoint_every 2 would have saved only step 2)
     assert list_checkpoints(tmp_path / "run" / "checkpoints")[-1].name.endswith("00003")
     monkeypatch.setattr(trainer.Run, "train_step", original)

@@ -194,7 +194,7 @@ def _train(cfg: TrainConfig, out: Path, progress: bool, stop: StopRequest | None
     run.method.train(True)
     quiet = not (progress and run.main)
     bar = tqdm(total=cfg.max_steps, initial=run.start, desc=run.method.name, disable=quiet, dynamic_ncols=True)
-    step, consecutive = run.start, 0
+    step, consecutive, stopped_cleanly = run.start, 0, False
     run.t0 = time.perf_counter()  # wall time and steps/s count training, not building and resuming
     try:
         while step < cfg.max_steps:
@@ -218,14 +218,17 @@ def _train(cfg: TrainConfig, out: Path, progress: bool, stop: StopRequest | None
                 if step % cfg.checkpoint_every and run.main and not run.sharded_modules:  # shards need every process
                     run.checkpoint(step)
                 log.warning("%s: saved a checkpoint at step %d; re-run the same command to resume", stop.signal, step)
+                stopped_cleanly = True
                 raise KeyboardInterrupt(stop.signal)
     except KeyboardInterrupt:
-        if stop is None or stop.signal is None:  # a KeyboardInterrupt the handler did not catch: a whole step
-            if step > run.start and run.main and not run.sharded_modules:  # is not guaranteed, so say so
+        if stopped_cleanly:
+            raise
+        if stop is None or stop.signal is None:  # an interrupt the handler did not see (not the main thread)
+            if step > run.start and run.main and not run.sharded_modules:
                 run.checkpoint(step)
                 log.warning("interrupted: saved a checkpoint at step %d; re-run the same command to resume", step)
-        elif not (step % cfg.checkpoint_every == 0 or step == run.start):
-            log.warning("stopped at once (second signal): the last periodic checkpoint is kept; step %d is lost", step)
+        else:  # a second signal, mid-step: saving would mix a half-applied step into the checkpoint
+            log.warning("stopped at once (second signal): the last periodic checkpoint is kept, not step %d", step)
         raise
     finally:
         bar.close()
