@@ -142,10 +142,10 @@ def mean_over_processes(x: torch.Tensor, num_processes: int) -> float:
 
 
 class StopRequest:
-    """SIGTERM (a scheduler's or ``kill``'s stop), and SIGINT (Ctrl-C), ask the training loop to stop after the
-    step in progress, so the checkpoint it saves holds whole steps and a resume continues bitwise alike; a second
-    signal stops at once (KeyboardInterrupt). SIGINT is left alone where the shell started the run with it
-    ignored (``nohup``-less background jobs get SIGTERM)."""
+    """SIGTERM (a scheduler's or ``kill``'s stop) and SIGINT (Ctrl-C) ask the training loop to stop after the step
+    in progress, so the checkpoint it saves holds whole steps and a resume continues bitwise alike; a second signal
+    stops at once (KeyboardInterrupt). SIGINT stays ignored where the shell started the run with it ignored (a
+    background ``cmd &``): stop those with SIGTERM."""
 
     def __init__(self) -> None:
         self.signal: str | None = None
@@ -187,7 +187,7 @@ def train(cfg: TrainConfig, progress: bool = True, allow_config_change: bool = F
             return _train(cfg, out, progress, stop)
 
 
-def _train(cfg: TrainConfig, out: Path, progress: bool, stop: StopRequest | None = None) -> Path:
+def _train(cfg: TrainConfig, out: Path, progress: bool, stop: StopRequest) -> Path:
     run = Run(cfg, out)
     run.resume()
     run.accelerator.init_trackers("logs")
@@ -214,16 +214,20 @@ def _train(cfg: TrainConfig, out: Path, progress: bool, stop: StopRequest | None
                 run_validation(run.method, run.accelerator, out, step, bool(run.sharded_modules))
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
                 run.checkpoint(step)
-            if stop is not None and stop.signal is not None and step < cfg.max_steps:
-                if step % cfg.checkpoint_every and run.main and not run.sharded_modules:  # shards need every process
-                    run.checkpoint(step)
-                log.warning("%s: saved a checkpoint at step %d; re-run the same command to resume", stop.signal, step)
+            if (why := stop.signal) is not None and step < cfg.max_steps:
                 stopped_cleanly = True
-                raise KeyboardInterrupt(stop.signal)
+                if step % cfg.checkpoint_every == 0:
+                    log.warning("%s: stopped at step %d, its checkpoint saved; re-run to resume", why, step)
+                elif run.sharded_modules:  # gathering shards needs every process at this step: not guaranteed
+                    log.warning("%s: stopped at step %d; sharded runs keep the last periodic checkpoint", why, step)
+                else:
+                    run.checkpoint(step)
+                    log.warning("%s: saved a checkpoint at step %d; re-run the same command to resume", why, step)
+                raise KeyboardInterrupt(why)
     except KeyboardInterrupt:
         if stopped_cleanly:
             raise
-        if stop is None or stop.signal is None:  # an interrupt the handler did not see (not the main thread)
+        if stop.signal is None:  # raised by something other than the handler: a whole step is not guaranteed
             if step > run.start and run.main and not run.sharded_modules:
                 run.checkpoint(step)
                 log.warning("interrupted: saved a checkpoint at step %d; re-run the same command to resume", step)
