@@ -27,7 +27,7 @@ import torch
 
 from w2svd.data import heldout_examples
 from w2svd.data.attributes import ATTRIBUTES
-from w2svd.data.dataset import render_examples
+from w2svd.data.dataset import render_examples, tensor_to_video, video_to_tensor
 from w2svd.eval import temporal
 from w2svd.eval.motion_regions import region_figures
 from w2svd.pipeline import VideoGenerator
@@ -41,23 +41,20 @@ def latent_change(latents: torch.Tensor) -> torch.Tensor:
 
 
 def to_frames(gen: VideoGenerator, latents: torch.Tensor) -> np.ndarray:
-    out = []
-    for i in range(0, len(latents), BATCH):
-        video = gen.backbone.decode_latents(latents[i : i + BATCH])
-        out.append(video.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy())
-    return np.concatenate(out)
+    chunks = (gen.backbone.decode_latents(latents[i : i + BATCH]) for i in range(0, len(latents), BATCH))
+    return np.stack([tensor_to_video(v) for video in chunks for v in video])
 
 
-def polish(gen: VideoGenerator, latents: torch.Tensor, prompts: list[str], s: float, sdedit: bool) -> torch.Tensor:
-    """One Euler step of the base from level ``s`` to 0 (the LoRA must be disabled by the caller)."""
+def polish(gen: VideoGenerator, latents: torch.Tensor, conds: list, s: float, sdedit: bool) -> torch.Tensor:
+    """One Euler step of the base from level ``s`` to 0 (the LoRA must be disabled by the caller); ``conds``: the
+    encoded prompts of each chunk of ``BATCH`` latents."""
     out = []
-    for i in range(0, len(latents), BATCH):
+    for i, cond in zip(range(0, len(latents), BATCH), conds, strict=True):
         x0 = latents[i : i + BATCH]
         x = x0
         if sdedit:
             noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1234 + i))
             x = (1 - s) * x0 + s * noise
-        cond = gen.backbone.encode_prompts(prompts[i : i + BATCH])
         with torch.no_grad():
             v = gen.backbone.velocity(x, torch.full((len(x),), s), cond, 1.0)
         out.append(x - s * v)
@@ -85,11 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     gen = VideoGenerator.from_pretrained(a.base, lora=a.lora)
 
     real = render_examples(examples)
-    real_lat = torch.cat(
-        [gen.backbone.encode_video(torch.from_numpy(real[i : i + BATCH]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1)
-         for i in range(0, a.n, BATCH)]
-    )  # fmt: skip
     chunks = range(0, a.n, BATCH)
+    real_lat = torch.cat(
+        [gen.backbone.encode_video(torch.stack([video_to_tensor(c) for c in real[i : i + BATCH]])) for i in chunks]
+    )
     lora_lat = torch.cat([gen.few_step(prompts[i : i + BATCH], seeds[i : i + BATCH]).latents for i in chunks])
     base_lat = torch.cat([gen.baseline(prompts[i : i + BATCH], seeds[i : i + BATCH]).latents for i in chunks])
 
@@ -127,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row("lora", lora_lat), row("base-28 (CFG 2)", base_lat)]
     gen._unfuse_lora()
     gen.pipe.disable_lora()
+    conds = [gen.backbone.encode_prompts(prompts[i : i + BATCH]) for i in chunks]  # once for every level
     for s in a.levels:
-        rows.append(row(f"lora + base step, plain s={s:g}", polish(gen, lora_lat, prompts, s, sdedit=False)))
-        rows.append(row(f"lora + base step, SDEdit s={s:g}", polish(gen, lora_lat, prompts, s, sdedit=True)))
+        rows.append(row(f"lora + base step, plain s={s:g}", polish(gen, lora_lat, conds, s, sdedit=False)))
+        rows.append(row(f"lora + base step, SDEdit s={s:g}", polish(gen, lora_lat, conds, s, sdedit=True)))
     for m, figs in per_motion.items():
         parts = [f"{k} {v['all']:.4f} (quiet rows {v['quiet_rows']})" for k, v in figs.items()]
         print(f"latent change, {m:9s} " + "  ".join(parts))
