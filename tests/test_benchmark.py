@@ -105,3 +105,9 @@ def test_reuse_keeps_rows_measured_before_and_rescores_retrained_ones(tmp_path, 
     assert not any(r.get("reused") for r in run_benchmark(cfg)["rows"])
     cfg.n, cfg.reuse = 8, "unchanged"  # another n: nothing is comparable
     assert not any(r.get("reused") for r in run_benchmark(cfg)["rows"])
+    cfg.n = 4
+    cfg.heldout_seed += 1  # fresh pairs (a confirmation set): measured again, on other clips, and said so
+    fresh = run_benchmark(cfg)
+    assert not any(r.get("reused") for r in fresh["rows"]) and fresh["heldout_seed"] == cfg.heldout_seed
+    assert [r["fd_clip"] for r in fresh["rows"]] != [r["fd_clip"] for r in first["rows"]]
+    assert f"drawn with heldout_seed {cfg.heldout_seed}" in (tmp_path / "b.md").read_text()

@@ -3,6 +3,7 @@
 from w2svd.data.attributes import APPEARANCE_NAMES, ATTRIBUTE_NAMES, ATTRIBUTES, Portrait, sample_portrait
 from w2svd.data.captions import caption, vocabulary
 from w2svd.data.dataset import (
+    HELDOUT_SEED,
     Example,
     PortraitDataset,
     heldout_examples,
@@ -18,6 +19,7 @@ __all__ = [
     "APPEARANCE_NAMES",
     "ATTRIBUTES",
     "ATTRIBUTE_NAMES",
+    "HELDOUT_SEED",
     "Example",
     "Portrait",
     "PortraitDataset",
