@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from w2svd.benchmark import BenchmarkConfig, Grid, Plots, Row, markdown, run_benchmark
+from w2svd.benchmark import BenchmarkConfig, Grid, Plots, Row, markdown, run_benchmark, write_plots
 from w2svd.config import ConfigError, from_dict
 
 
@@ -46,6 +46,12 @@ def test_benchmark_writes_a_well_formed_table(tmp_path, tiny64_pipeline_dir):
     assert rows["dmd-4"]["missing"] and "| dmd-4 |" not in text  # listed as untrained, with its command
     assert "- dmd-4: `python training/run.py --config x.yaml`" in text
     assert (tmp_path / "q.png").stat().st_size > 0 and (tmp_path / "c.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert [p["fd_clip"] for p in saved["rows"][1]["curve"]] == [900.0, 450.0]  # the curve travels with the row
+    (run / "validation" / "metrics.jsonl").unlink()  # the run folder is gone (a fresh machine)
+    (tmp_path / "c.png").unlink()
+    write_plots(cfg, saved)
+    assert (tmp_path / "c.png").stat().st_size > 0  # still drawn, from the saved curve
 
 
 def test_benchmark_config_errors_name_the_problem():

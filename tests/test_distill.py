@@ -191,6 +191,10 @@ def test_resume_continues_with_the_same_losses(tmp_path, tiny_pipeline_dir):
     a, b = logged(full), logged(split)
     assert sorted(a) == list(range(1, 9)) and sorted(b) == list(range(1, 9))
     assert all(a[k] == pytest.approx(b[k], rel=1e-6) for k in a)
+    from w2svd.methods.validation import read_losses
+
+    kept = {e["step"]: e["fake_score/loss"] for e in read_losses(split)}  # the run folder's own loss log
+    assert sorted(kept) == list(range(1, 9)) and all(kept[k] == pytest.approx(b[k], rel=1e-6) for k in b)
     wa = safe_open(full / WEIGHT_NAME, "pt")
     wb = safe_open(split / WEIGHT_NAME, "pt")
     assert all(torch.equal(wa.get_tensor(k), wb.get_tensor(k)) for k in wa.keys())

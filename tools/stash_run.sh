@@ -4,8 +4,8 @@
 #   bash tools/stash_run.sh save NAME...     runs/sweep/NAME -> docs/experiments/resume/NAME
 #   bash tools/stash_run.sh restore NAME...  docs/experiments/resume/NAME -> runs/sweep/NAME
 #
-# save keeps what a resume needs and the curve so far: config.yaml, config-history/, validation/metrics.jsonl,
-# train_time.json and the latest checkpoint (about 7 MB for the embedded model), not the validation images or
+# save keeps what a resume needs and the curves so far: config.yaml, config-history/, validation/metrics.jsonl,
+# train_time.json, losses.jsonl, logs/ (tensorboard) and the latest checkpoint (about 7 MB for the embedded model), not the validation images or
 # older checkpoints. After restore, re-run the run's queue line (tools/queue.sh) from a worktree of the commit that
 # started it: training/run.py resumes from the checkpoint. Delete docs/experiments/resume/NAME once the run is done.
 set -eu
@@ -25,6 +25,8 @@ for name in "$@"; do
       cp -r "$src/config.yaml" "$src/config-history" "$dst/"
       [ -f "$src/validation/metrics.jsonl" ] && cp "$src/validation/metrics.jsonl" "$dst/validation/"
       [ -f "$src/train_time.json" ] && cp "$src/train_time.json" "$dst/"
+      [ -f "$src/losses.jsonl" ] && cp "$src/losses.jsonl" "$dst/"
+      [ -d "$src/logs" ] && cp -r "$src/logs" "$dst/"  # tensorboard files: the loss curve of runs without losses.jsonl
       cp -r "$latest" "$dst/checkpoints/"
       echo "saved $name at $(basename "$latest") ($(du -sh "$dst" | cut -f1))"
       ;;

@@ -227,6 +227,10 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         if "denoise_s_per_video" in r and not r.get("reused"):  # a kept row keeps the speed-ups of its own run
             r["speedup_denoise"] = ref["denoise_s_per_video"] / r["denoise_s_per_video"]
             r["speedup_total"] = ref["total_s_per_video"] / r["total_s_per_video"]
+    for row, r in zip(cfg.rows, results):
+        points = curve_points(row.run_dir)
+        if points:  # kept in the JSON so the curve outlives the run folder (a reused row keeps its saved one)
+            r["curve"] = points
     report = {
         "title": cfg.title,
         "command": cfg.command,
@@ -244,15 +248,27 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
 
 def write_plots(cfg: BenchmarkConfig, report: dict[str, Any]) -> None:
     from w2svd import plots
-    from w2svd.methods.validation import read_metrics
 
     if cfg.plots.quality_vs_nfe:
         plots.quality_vs_nfe(report["rows"], cfg.plots.quality_vs_nfe)
     if cfg.plots.training_curves:
-        curves = {r.name: read_metrics(r.run_dir) for r in cfg.rows if r.run_dir}
+        saved = {r["name"]: r.get("curve") for r in report["rows"]}
+        curves = {r.name: curve_points(r.run_dir) or saved.get(r.name) for r in cfg.rows if r.run_dir}
         curves = {name: points for name, points in curves.items() if points}
         if curves:
             plots.training_curves(curves, cfg.plots.training_curves)
+
+
+CURVE_KEYS = ("step", "generator_updates", "fd_clip", "fd_frame", "adherence/motion")
+
+
+def curve_points(run_dir: str) -> list[dict[str, float]]:
+    """A run's validation curve (the keys the plot and the stability study read), [] without one."""
+    from w2svd.methods.validation import read_metrics
+
+    if not run_dir:
+        return []
+    return [{k: p[k] for k in CURVE_KEYS if k in p} for p in read_metrics(run_dir)]
 
 
 def score(clips: np.ndarray, examples, reference: metrics.Embedding, nets) -> dict[str, float]:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from w2svd.config import ConfigError, from_dict
 from w2svd.methods import METHODS, Method
+from w2svd.methods.validation import LOSSES_FILE
 from w2svd.training import sharding
 from w2svd.training.checkpoint import load_latest, save_checkpoint, set_rng_state
 from w2svd.training.config import OptimConfig, TrainConfig
@@ -403,6 +404,9 @@ class Run:
         self.accelerator.log(logs, step=step)
         losses = {k.split("/")[0]: f"{v:.4g}" for k, v in logs.items() if k.endswith("/loss")}
         bar.set_postfix(losses)
+        if self.main:  # the loss curve, kept in the run folder (tensorboard files are not read by our tools)
+            with open(self.out / LOSSES_FILE, "a") as f:
+                f.write(json.dumps({"step": step, **{k: v for k, v in logs.items() if k.endswith("/loss")}}) + "\n")
         if self.main and not progress:  # keep a readable trace in log files
             log.info("step %d/%d %s %.2f steps/s", step, self.cfg.max_steps, losses, logs["time/steps_per_s"])
 

@@ -22,6 +22,7 @@ from w2svd.sampling import ModelFn, SeededRenoise, sample_euler, sample_renoise,
 from w2svd.training.config import DataConfig
 
 METRICS_FILE = "metrics.jsonl"
+LOSSES_FILE = "losses.jsonl"  # in the run folder: one line per log_every steps, the loop's losses
 VAL_SUBSET = 64  # what the validation curves scored before they scored 256 pairs (docs/stability.md)
 
 
@@ -56,7 +57,16 @@ def validation_metrics(
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
     """The validation points of a run, one per step (a resumed run's repeated step keeps its last line)."""
-    path = Path(run_dir) / "validation" / METRICS_FILE
+    return lines_by_step(Path(run_dir) / "validation" / METRICS_FILE)
+
+
+def read_losses(run_dir: str | Path) -> list[dict[str, float]]:
+    """The logged losses of a run, one per logged step (a resumed run's repeated steps keep their last line)."""
+    return lines_by_step(Path(run_dir) / LOSSES_FILE)
+
+
+def lines_by_step(path: Path) -> list[dict[str, float]]:
+    """A JSON-lines log's entries in step order, the last line of each step (a resumed run repeats steps)."""
     if not path.is_file():
         return []
     points = {}
