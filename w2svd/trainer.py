@@ -404,7 +404,7 @@ class Run:
         self.accelerator.log(logs, step=step)
         losses = {k.split("/")[0]: f"{v:.4g}" for k, v in logs.items() if k.endswith("/loss")}
         bar.set_postfix(losses)
-        if self.main:  # the loss curve, kept in the run folder (tensorboard files are not read by our tools)
+        if self.main:  # the loss curve as JSON lines: read without tensorboard, kept by stash_run.sh
             with open(self.out / LOSSES_FILE, "a") as f:
                 f.write(json.dumps({"step": step, **{k: v for k, v in logs.items() if k.endswith("/loss")}}) + "\n")
         if self.main and not progress:  # keep a readable trace in log files
