@@ -251,3 +251,75 @@ def test_discriminator_head_is_checkpointed_but_not_exported(gan_method, tmp_pat
     with safe_open(tmp_path / WEIGHT_NAME, "pt") as f:
         assert all("lora" in k and "disc" not in k for k in f.keys())
     assert read_metadata(tmp_path)["discriminator"] is True
+
+
+def oracle(target: torch.Tensor):
+    """A velocity function whose one-step x0 is ``target`` at every level: v = (x_s - target) / s."""
+    return lambda x, s: (x - target) / s.view(-1, *([1] * (x.dim() - 1)))
+
+
+def test_temporal_term_is_zero_when_the_teacher_changes_frames_as_the_generator_does():
+    from w2svd.algorithm import temporal_teacher_loss
+
+    torch.manual_seed(0)
+    x0 = torch.randn(2, 4, 3, 5, 5, requires_grad=True)
+    shifted = x0.detach() + torch.randn(2, 4, 1, 5, 5)  # a different picture, the same frame-to-frame change
+    s = torch.tensor([0.1, 0.2])
+    loss, terms = temporal_teacher_loss(x0, oracle(shifted), s, torch.randn_like(x0))
+    loss.backward()
+    assert terms["temporal/gap"] < 1e-5 and loss.item() < 1e-10
+    assert x0.grad.abs().max() < 1e-5
+
+
+def test_temporal_term_moves_the_frame_change_toward_the_teachers():
+    from w2svd.algorithm import temporal_teacher_loss
+
+    torch.manual_seed(1)
+    x0 = torch.randn(2, 4, 3, 5, 5, requires_grad=True)
+    teacher = torch.randn(2, 4, 3, 5, 5)
+    s = torch.tensor([0.15, 0.25])
+    _, terms = temporal_teacher_loss(x0, oracle(teacher), s, torch.randn_like(x0))
+    loss, _ = temporal_teacher_loss(x0, oracle(teacher), s, torch.randn_like(x0))
+    loss.backward()
+    with torch.no_grad():
+        stepped = x0 - 0.05 * x0.grad
+        gap = lambda x: (torch.diff(x, dim=2) - torch.diff(teacher, dim=2)).abs().mean()  # noqa: E731
+        assert gap(stepped) < gap(x0) and terms["temporal/gap"] == pytest.approx(gap(x0).item(), rel=1e-5)
+    with pytest.raises(ValueError, match=">= 2 latent frames"):
+        temporal_teacher_loss(x0[:, :, :1], oracle(teacher[:, :, :1]), s, torch.randn_like(x0[:, :, :1]))
+
+
+def test_temporal_term_trains_only_the_generator(tmp_path, tiny_pipeline_dir):
+    m = build_method(tiny_cfg(tmp_path, tiny_pipeline_dir, **{"method.lambda_temporal": 0.5}), torch.device("cpu"))
+    with torch.no_grad():
+        for p in m.params[GENERATOR] + m.params[FAKE]:
+            p.normal_(0, 0.2)
+    m.arm(GENERATOR)
+    loss, terms = m.loss(GENERATOR, m.batch(1))
+    loss.backward()
+    assert terms["temporal/gap"] > 0 and terms["temporal/change_real"] > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.params[GENERATOR])
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.params[FAKE])
+    assert all(p.grad is None for n, p in m.transformer.named_parameters() if "lora" not in n)
+
+
+def test_temporal_term_off_leaves_the_generator_loss_as_it_was(tmp_path, tiny_pipeline_dir):
+    """lambda_temporal 0 (the default) must train exactly as before the term existed: same loss, same terms."""
+    losses = []
+    for lam in (0.0, 1e-12):
+        m = build_method(tiny_cfg(tmp_path / str(lam), tiny_pipeline_dir, **{"method.lambda_temporal": lam}), "cpu")
+        m.arm(GENERATOR)
+        loss, terms = m.loss(GENERATOR, m.batch(4))
+        losses.append((loss.item(), "temporal/gap" in terms))
+    assert losses[0][1] is False and losses[1][1] is True
+    assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-6)
+
+
+def test_temporal_values_are_rejected(tmp_path):
+    from w2svd.config import ConfigError
+    from w2svd.trainer import resolve_method
+
+    with pytest.raises(ConfigError, match="lambda_temporal=-0.1 must be >= 0"):
+        resolve_method(tiny_cfg(tmp_path, **{"method.lambda_temporal": -0.1}))
+    with pytest.raises(ConfigError, match=r"temporal_levels=\[0.3, 0.1\] must be two noise levels"):
+        resolve_method(tiny_cfg(tmp_path, **{"method.temporal_levels": [0.3, 0.1]}))

@@ -8,7 +8,9 @@
 - **distribution-matching loss**: move the generated x0 along (x0_fake - x0_real) at a random noise level,
   normalised per sample (DMD2) or over the batch (FastVideo);
 - **fake-score loss**: flow matching of the fake score on generated latents, plus ``lambda_gt`` x the same loss on
-  data latents (the ground-truth term).
+  data latents (the ground-truth term);
+- **temporal teacher term** (ours, off by default): pull the generated x0's frame-to-frame change toward the real
+  score's, re-denoised from a low noise level with fresh noise (where the DM gradient barely sees fine detail).
 
 Every network is a velocity function ``v(x_s, s)``; which adapter or copy computes it is ``methods/roles.py``'s
 business, so nothing here holds state. Rectified-flow notation: x_s = (1 - s) x0 + s eps, v = eps - x0.
@@ -23,7 +25,15 @@ import torch.nn.functional as F
 
 from w2svd.sampling import NoiseFn, guided, noised, sample_euler, sample_renoise, x0_from_v
 
-__all__ = ["distribution_matching_loss", "fake_score_loss", "guided", "noised", "rollout", "x0_from_v"]
+__all__ = [
+    "distribution_matching_loss",
+    "fake_score_loss",
+    "guided",
+    "noised",
+    "rollout",
+    "temporal_teacher_loss",
+    "x0_from_v",
+]
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_s (B, ...), s (B,) or float) -> v
 
@@ -86,3 +96,29 @@ def fake_score_loss(
         loss = loss + lambda_gt * loss_gt
         terms["fake/loss_real"] = loss_gt.item()
     return loss, terms
+
+
+def temporal_teacher_loss(
+    x0_hat: torch.Tensor, real: VelocityFn, s: torch.Tensor, eps: torch.Tensor, frame_dim: int = 2
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Pull the frame differences of x0_hat toward the real score's, at low noise levels s (B,) with fresh noise.
+
+    x0_hat is noised to s with ``eps`` and re-denoised in one real-score step (SDEdit); only the change between
+    consecutive latent frames (along ``frame_dim``) is compared, so appearance is left to the DM loss. The pull is
+    the gap relative to the teacher's own frame change, per sample, so it vanishes as the generator matches and does
+    not depend on the latents' scale: 0.5 ||d - sg(d - g)||^2 with d the frame differences of x0_hat and
+    g = (d - d_real) / mean|d_real|. (DMD's normalisation by the gap's own size would give a unit pull at any gap.)
+    """
+    if x0_hat.shape[frame_dim] < 2:
+        raise ValueError(f"the temporal term needs >= 2 latent frames along dim {frame_dim}, got {tuple(x0_hat.shape)}")
+    with torch.no_grad():
+        x_s = noised(x0_hat.detach(), eps, s)
+        x0_real = x0_from_v(x_s, s, real(x_s, s))
+        d_real = torch.diff(x0_real, dim=frame_dim)
+    d = torch.diff(x0_hat, dim=frame_dim)
+    with torch.no_grad():
+        gap = d - d_real
+        norm = d_real.abs().mean(dim=tuple(range(1, gap.dim())), keepdim=True)
+        pull = torch.nan_to_num(gap / norm.clamp_min(1e-6))
+    loss = 0.5 * F.mse_loss(d, (d - pull).detach())
+    return loss, {"temporal/gap": float(gap.abs().mean()), "temporal/change_real": float(d_real.abs().mean())}

@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from w2svd.algorithm import distribution_matching_loss, fake_score_loss, guided, noised, rollout, x0_from_v
+from w2svd.algorithm import (
+    distribution_matching_loss,
+    fake_score_loss,
+    guided,
+    noised,
+    rollout,
+    temporal_teacher_loss,
+    x0_from_v,
+)
 from w2svd.backbones import Cond, backbone_for
 from w2svd.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, ConfigError, check_values
 from w2svd.data import PortraitDataset, latent_cache
@@ -74,6 +82,10 @@ class DistillConfig:
     # (DMD2; diffusers stochastic_sampling=True), or false: deterministic Euler steps (stochastic_sampling=False)
     renoise: bool = True
     ema_decay: float = 0.0  # EMA of the generator LoRA (0 = off); the export uses the EMA weights
+    # weight of the temporal teacher term (algorithm.temporal_teacher_loss; 0 = off): the generated x0's frame
+    # differences pulled toward the real score's, re-denoised from a level drawn uniformly in temporal_levels
+    lambda_temporal: float = 0.0
+    temporal_levels: tuple[float, float] = (0.1, 0.25)
     discriminator: bool = False  # DMD2-style GAN head on the fake score's features (discriminator.py)
     gan_generator_weight: float = 5e-3  # weight of the generator's GAN loss (DMD2's SDXL setting)
     gan_discriminator_weight: float = 1e-2  # weight of the head's loss in the fake-score phase
@@ -132,6 +144,14 @@ class DistillConfig:
             raise ConfigError(f"method.ema_decay={self.ema_decay} must be in [0, 1)")
         if self.lambda_gt < 0:
             raise ConfigError(f"method.lambda_gt={self.lambda_gt} must be >= 0")
+        if self.lambda_temporal < 0:
+            raise ConfigError(f"method.lambda_temporal={self.lambda_temporal} must be >= 0 (0 turns the term off)")
+        t_lo, t_hi = self.temporal_levels
+        if not 0.0 < t_lo < t_hi <= 1.0:
+            raise ConfigError(
+                f"method.temporal_levels={list(self.temporal_levels)} must be two noise levels [lo, hi] with "
+                "0 < lo < hi <= 1 (for example [0.1, 0.25]: the fine detail the DM gradient barely sees)"
+            )
         if self.gan_generator_weight < 0 or self.gan_discriminator_weight < 0:
             raise ConfigError("method.gan_generator_weight and method.gan_discriminator_weight must be >= 0")
         if self.val_metrics_n and self.val_metrics_n < 8:
@@ -189,6 +209,11 @@ class DistillMethod(Method):
         else:
             data = PortraitDataset("train", seed=d.seed, num_frames=d.num_frames, size=d.size)
             self.cache = latent_cache.load_or_build(self.backbone, data, cfg.cache_clips, cfg.cache_dir)
+        if cfg.lambda_temporal > 0 and self.backbone.latent_shape(d.num_frames, *d.hw)[1] < 2:
+            raise ConfigError(
+                f"method.lambda_temporal={cfg.lambda_temporal} needs >= 2 latent frames; data.num_frames="
+                f"{d.num_frames} gives one: use more frames or method.lambda_temporal=0"
+            )
         self.ema = EMA(self.roles.named(GENERATOR), cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.generator_updates = 0
         self.head, self.tap = None, None
@@ -259,6 +284,12 @@ class DistillMethod(Method):
                 gan = generator_gan_loss(self.logits(x0_hat, cond, rng))
                 loss = loss + self.cfg.gan_generator_weight * gan
                 terms["gan/generator"] = gan.item()
+            if self.cfg.lambda_temporal > 0:
+                lo, hi = self.cfg.temporal_levels
+                s_t = lo + (hi - lo) * rng.rand(x0_hat.shape[0], device=x0_hat.device)
+                temporal, t_terms = temporal_teacher_loss(x0_hat, real, s_t, rng.randn_like(x0_hat))
+                loss = loss + self.cfg.lambda_temporal * temporal
+                terms.update(t_terms)
             return loss, terms
         with torch.no_grad():
             x0_gen = x0_from_v(x_k, s_k, generator(x_k, s_k))
@@ -370,6 +401,11 @@ class DistillMethod(Method):
                 "discriminator": c.discriminator,
                 **({"real_cfg_levels": list(c.real_cfg_levels)} if c.real_cfg_levels != (0.0, 1.0) else {}),
                 **({"real_cfg_outside_scale": c.real_cfg_outside_scale} if c.real_cfg_outside_scale != 1.0 else {}),
+                **(
+                    {"lambda_temporal": c.lambda_temporal, "temporal_levels": list(c.temporal_levels)}
+                    if c.lambda_temporal > 0
+                    else {}
+                ),
             },
         )
 
