@@ -105,9 +105,10 @@ def temporal_teacher_loss(
 
     x0_hat is noised to s with ``eps`` and re-denoised in one real-score step (SDEdit); only the change between
     consecutive latent frames (along ``frame_dim``) is compared, so appearance is left to the DM loss. The pull is
-    the gap relative to the teacher's own frame change, per sample, so it vanishes as the generator matches and does
-    not depend on the latents' scale: 0.5 ||d - sg(d - g)||^2 with d the frame differences of x0_hat and
-    g = (d - d_real) / mean|d_real|. (DMD's normalisation by the gap's own size would give a unit pull at any gap.)
+    the gap relative to the teacher's mean frame change over the batch, so it vanishes as the generator matches and
+    does not depend on the latents' scale: 0.5 ||d - sg(d - g)||^2 with d the frame differences of x0_hat and
+    g = (d - d_real) / mean|d_real|. Not per sample: a still clip's tiny change would blow its pull up, and DMD's
+    normalisation by the gap's own size would give a unit pull at any gap.
     """
     if x0_hat.shape[frame_dim] < 2:
         raise ValueError(f"the temporal term needs >= 2 latent frames along dim {frame_dim}, got {tuple(x0_hat.shape)}")
@@ -118,7 +119,6 @@ def temporal_teacher_loss(
     d = torch.diff(x0_hat, dim=frame_dim)
     with torch.no_grad():
         gap = d - d_real
-        norm = d_real.abs().mean(dim=tuple(range(1, gap.dim())), keepdim=True)
-        pull = torch.nan_to_num(gap / norm.clamp_min(1e-6))
+        pull = torch.nan_to_num(gap / d_real.abs().mean().clamp_min(1e-6))
     loss = 0.5 * F.mse_loss(d, (d - pull).detach())
     return loss, {"temporal/gap": float(gap.abs().mean()), "temporal/change_real": float(d_real.abs().mean())}
