@@ -289,8 +289,26 @@ def test_temporal_term_moves_the_frame_change_toward_the_teachers():
         temporal_teacher_loss(x0[:, :, :1], oracle(teacher[:, :, :1]), s, torch.randn_like(x0[:, :, :1]))
 
 
-def test_temporal_term_trains_only_the_generator(tmp_path, tiny_pipeline_dir):
-    m = build_method(tiny_cfg(tmp_path, tiny_pipeline_dir, **{"method.lambda_temporal": 0.5}), torch.device("cpu"))
+def test_score_gap_target_is_zero_when_both_scores_agree_and_follows_their_gap():
+    from w2svd.algorithm import temporal_teacher_loss
+
+    torch.manual_seed(2)
+    x0 = torch.randn(2, 4, 3, 5, 5, requires_grad=True)
+    teacher, fake = torch.randn(2, 4, 3, 5, 5), torch.randn(2, 4, 3, 5, 5)
+    s, eps = torch.tensor([0.1, 0.2]), torch.randn_like(x0)
+    loss, terms = temporal_teacher_loss(x0, oracle(teacher), s, eps, fake=oracle(teacher))
+    assert loss.item() < 1e-10 and terms["temporal/pull_rms"] < 1e-5
+    loss, _ = temporal_teacher_loss(x0, oracle(teacher), s, eps, fake=oracle(fake))
+    loss.backward()
+    with torch.no_grad():  # the generator's change moves against the fake score's, toward the real score's
+        direction = torch.diff(teacher, dim=2) - torch.diff(fake, dim=2)
+        assert (torch.diff(-x0.grad, dim=2) * direction).sum() > 0
+
+
+@pytest.mark.parametrize("target", ["real", "score_gap"])
+def test_temporal_term_trains_only_the_generator(tmp_path, tiny_pipeline_dir, target):
+    over = {"method.lambda_temporal": 0.5, "method.temporal_target": target}
+    m = build_method(tiny_cfg(tmp_path, tiny_pipeline_dir, **over), torch.device("cpu"))
     with torch.no_grad():
         for p in m.params[GENERATOR] + m.params[FAKE]:
             p.normal_(0, 0.2)
@@ -323,3 +341,5 @@ def test_temporal_values_are_rejected(tmp_path):
         resolve_method(tiny_cfg(tmp_path, **{"method.lambda_temporal": -0.1}))
     with pytest.raises(ConfigError, match=r"temporal_levels=\[0.3, 0.1\] must be two noise levels"):
         resolve_method(tiny_cfg(tmp_path, **{"method.temporal_levels": [0.3, 0.1]}))
+    with pytest.raises(ConfigError, match="temporal_target='fake' must be 'real' or 'score_gap'"):
+        resolve_method(tiny_cfg(tmp_path, **{"method.temporal_target": "fake"}))

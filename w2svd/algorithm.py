@@ -99,26 +99,41 @@ def fake_score_loss(
 
 
 def temporal_teacher_loss(
-    x0_hat: torch.Tensor, real: VelocityFn, s: torch.Tensor, eps: torch.Tensor, frame_dim: int = 2
+    x0_hat: torch.Tensor,
+    real: VelocityFn,
+    s: torch.Tensor,
+    eps: torch.Tensor,
+    fake: VelocityFn | None = None,
+    frame_dim: int = 2,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Pull the frame differences of x0_hat toward the real score's, at low noise levels s (B,) with fresh noise.
+    """Pull the frame differences d of x0_hat (along ``frame_dim``) at low noise levels s (B,), with fresh noise.
 
-    x0_hat is noised to s with ``eps`` and re-denoised in one real-score step (SDEdit); only the change between
-    consecutive latent frames (along ``frame_dim``) is compared, so appearance is left to the DM loss. The pull is
-    the gap relative to the teacher's mean frame change over the batch, so it vanishes as the generator matches and
-    does not depend on the latents' scale: 0.5 ||d - sg(d - g)||^2 with d the frame differences of x0_hat and
-    g = (d - d_real) / mean|d_real|. Not per sample: a still clip's tiny change would blow its pull up, and DMD's
-    normalisation by the gap's own size would give a unit pull at any gap.
+    x0_hat is noised to s with ``eps`` and re-denoised in one score step; only the change between consecutive latent
+    frames is compared, so appearance is left to the DM loss. The loss is 0.5 ||d - sg(d - g)||^2 with the pull g:
+
+    - ``fake`` None (SDEdit target): g = (d - d_real) / mean|d_real|, toward the real score's re-denoised change,
+      over the batch's mean teacher change (per sample, a still clip's tiny change would blow its pull up). The
+      one-step x0 is a conditional mean, so its change is smaller than any sample's: this target damps all motion;
+    - ``fake`` given (score gap): g = (d_fake - d_real) / mean|d - d_real|, the DM gradient's frame-difference part
+      at these levels: both scores' one-step x0 are conditional means, so their smoothing cancels in the gap.
     """
     if x0_hat.shape[frame_dim] < 2:
         raise ValueError(f"the temporal term needs >= 2 latent frames along dim {frame_dim}, got {tuple(x0_hat.shape)}")
     with torch.no_grad():
         x_s = noised(x0_hat.detach(), eps, s)
-        x0_real = x0_from_v(x_s, s, real(x_s, s))
-        d_real = torch.diff(x0_real, dim=frame_dim)
+        d_real = torch.diff(x0_from_v(x_s, s, real(x_s, s)), dim=frame_dim)
+        d_fake = None if fake is None else torch.diff(x0_from_v(x_s, s, fake(x_s, s)), dim=frame_dim)
     d = torch.diff(x0_hat, dim=frame_dim)
     with torch.no_grad():
         gap = d - d_real
-        pull = torch.nan_to_num(gap / d_real.abs().mean().clamp_min(1e-6))
+        if d_fake is None:
+            pull = torch.nan_to_num(gap / d_real.abs().mean().clamp_min(1e-6))
+        else:
+            pull = torch.nan_to_num((d_fake - d_real) / gap.abs().mean().clamp_min(1e-6))
     loss = 0.5 * F.mse_loss(d, (d - pull).detach())
-    return loss, {"temporal/gap": float(gap.abs().mean()), "temporal/change_real": float(d_real.abs().mean())}
+    terms = {
+        "temporal/gap": float(gap.abs().mean()),
+        "temporal/change_real": float(d_real.abs().mean()),
+        "temporal/pull_rms": float(pull.pow(2).mean().sqrt()),
+    }
+    return loss, terms

@@ -82,10 +82,12 @@ class DistillConfig:
     # (DMD2; diffusers stochastic_sampling=True), or false: deterministic Euler steps (stochastic_sampling=False)
     renoise: bool = True
     ema_decay: float = 0.0  # EMA of the generator LoRA (0 = off); the export uses the EMA weights
-    # weight of the temporal teacher term (algorithm.temporal_teacher_loss; 0 = off): the generated x0's frame
-    # differences pulled toward the real score's, re-denoised from a level drawn uniformly in temporal_levels
+    # weight of the temporal term (algorithm.temporal_teacher_loss; 0 = off): the generated x0's frame differences
+    # pulled, at a level drawn uniformly in temporal_levels, toward the real score's re-denoised ones
+    # (temporal_target "real": damps all motion, seventeenth sitting) or by the fake and real scores' gap ("score_gap")
     lambda_temporal: float = 0.0
     temporal_levels: tuple[float, float] = (0.1, 0.25)
+    temporal_target: str = "real"
     discriminator: bool = False  # DMD2-style GAN head on the fake score's features (discriminator.py)
     gan_generator_weight: float = 5e-3  # weight of the generator's GAN loss (DMD2's SDXL setting)
     gan_discriminator_weight: float = 1e-2  # weight of the head's loss in the fake-score phase
@@ -146,6 +148,8 @@ class DistillConfig:
             raise ConfigError(f"method.lambda_gt={self.lambda_gt} must be >= 0")
         if self.lambda_temporal < 0:
             raise ConfigError(f"method.lambda_temporal={self.lambda_temporal} must be >= 0 (0 turns the term off)")
+        if self.temporal_target not in ("real", "score_gap"):
+            raise ConfigError(f"method.temporal_target={self.temporal_target!r} must be 'real' or 'score_gap'")
         t_lo, t_hi = self.temporal_levels
         if not 0.0 < t_lo < t_hi <= 1.0:
             raise ConfigError(
@@ -287,7 +291,8 @@ class DistillMethod(Method):
             if self.cfg.lambda_temporal > 0:
                 lo, hi = self.cfg.temporal_levels
                 s_t = lo + (hi - lo) * rng.rand(x0_hat.shape[0], device=x0_hat.device)
-                temporal, t_terms = temporal_teacher_loss(x0_hat, real, s_t, rng.randn_like(x0_hat))
+                fake = self.score(FAKE, cond) if self.cfg.temporal_target == "score_gap" else None
+                temporal, t_terms = temporal_teacher_loss(x0_hat, real, s_t, rng.randn_like(x0_hat), fake)
                 loss = loss + self.cfg.lambda_temporal * temporal
                 terms.update(t_terms)
             return loss, terms
@@ -402,7 +407,11 @@ class DistillMethod(Method):
                 **({"real_cfg_levels": list(c.real_cfg_levels)} if c.real_cfg_levels != (0.0, 1.0) else {}),
                 **({"real_cfg_outside_scale": c.real_cfg_outside_scale} if c.real_cfg_outside_scale != 1.0 else {}),
                 **(
-                    {"lambda_temporal": c.lambda_temporal, "temporal_levels": list(c.temporal_levels)}
+                    {
+                        "lambda_temporal": c.lambda_temporal,
+                        "temporal_levels": list(c.temporal_levels),
+                        "temporal_target": c.temporal_target,
+                    }
                     if c.lambda_temporal > 0
                     else {}
                 ),
