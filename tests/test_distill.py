@@ -278,8 +278,7 @@ def test_temporal_term_moves_the_frame_change_toward_the_teachers():
     x0 = torch.randn(2, 4, 3, 5, 5, requires_grad=True)
     teacher = torch.randn(2, 4, 3, 5, 5)
     s = torch.tensor([0.15, 0.25])
-    _, terms = temporal_teacher_loss(x0, oracle(teacher), s, torch.randn_like(x0))
-    loss, _ = temporal_teacher_loss(x0, oracle(teacher), s, torch.randn_like(x0))
+    loss, terms = temporal_teacher_loss(x0, oracle(teacher), s, torch.randn_like(x0))
     loss.backward()
     with torch.no_grad():
         stepped = x0 - 0.05 * x0.grad
@@ -306,9 +305,14 @@ def test_score_gap_target_is_zero_when_both_scores_agree_and_follows_their_gap()
 
 
 @pytest.mark.parametrize("target", ["real", "score_gap"])
-def test_temporal_term_trains_only_the_generator(tmp_path, tiny_pipeline_dir, target):
+def test_temporal_term_trains_only_the_generator(tmp_path, tiny_pipeline_dir, target, monkeypatch):
+    import w2svd.methods.distill as distill
+
     over = {"method.lambda_temporal": 0.5, "method.temporal_target": target}
     m = build_method(tiny_cfg(tmp_path, tiny_pipeline_dir, **over), torch.device("cpu"))
+    given_fake = []
+    term = distill.temporal_teacher_loss
+    monkeypatch.setattr(distill, "temporal_teacher_loss", lambda *a: given_fake.append(a[4] is not None) or term(*a))
     with torch.no_grad():
         for p in m.params[GENERATOR] + m.params[FAKE]:
             p.normal_(0, 0.2)
@@ -316,6 +320,7 @@ def test_temporal_term_trains_only_the_generator(tmp_path, tiny_pipeline_dir, ta
     loss, terms = m.loss(GENERATOR, m.batch(1))
     loss.backward()
     assert terms["temporal/gap"] > 0 and terms["temporal/change_real"] > 0
+    assert given_fake == [target == "score_gap"]  # the fake score is the reference only for the score-gap target
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.params[GENERATOR])
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.params[FAKE])
     assert all(p.grad is None for n, p in m.transformer.named_parameters() if "lora" not in n)

@@ -9,8 +9,9 @@
   normalised per sample (DMD2) or over the batch (FastVideo);
 - **fake-score loss**: flow matching of the fake score on generated latents, plus ``lambda_gt`` x the same loss on
   data latents (the ground-truth term);
-- **temporal teacher term** (ours, off by default): pull the generated x0's frame-to-frame change toward the real
-  score's, re-denoised from a low noise level with fresh noise (where the DM gradient barely sees fine detail).
+- **temporal term** (ours, off by default): at a low noise level with fresh noise (where the DM gradient barely
+  sees fine detail), pull the generated x0's frame-to-frame change toward the real score's re-denoised one, or by
+  the fake and real scores' gap in it.
 
 Every network is a velocity function ``v(x_s, s)``; which adapter or copy computes it is ``methods/roles.py``'s
 business, so nothing here holds state. Rectified-flow notation: x_s = (1 - s) x0 + s eps, v = eps - x0.

@@ -110,6 +110,7 @@ class DistillConfig:
             self, "method", generator_rank=AT_LEAST_ONE, fake_rank=AT_LEAST_ONE, generator_lora_alpha=POSITIVE,
             fake_lora_alpha=POSITIVE, generator_lr=POSITIVE, fake_lr=POSITIVE, generator_shift=POSITIVE,
             noise_shift=POSITIVE, cache_clips=AT_LEAST_ONE, val_prompts=NON_NEGATIVE, dm_s_min=UNIT, dm_s_max=UNIT,
+            lambda_temporal=NON_NEGATIVE,
         )  # fmt: skip
         if self.dm_s_min >= self.dm_s_max:
             raise ConfigError(f"method.dm_s_min={self.dm_s_min} must be below method.dm_s_max={self.dm_s_max}")
@@ -146,8 +147,6 @@ class DistillConfig:
             raise ConfigError(f"method.ema_decay={self.ema_decay} must be in [0, 1)")
         if self.lambda_gt < 0:
             raise ConfigError(f"method.lambda_gt={self.lambda_gt} must be >= 0")
-        if self.lambda_temporal < 0:
-            raise ConfigError(f"method.lambda_temporal={self.lambda_temporal} must be >= 0 (0 turns the term off)")
         if self.temporal_target not in ("real", "score_gap"):
             raise ConfigError(f"method.temporal_target={self.temporal_target!r} must be 'real' or 'score_gap'")
         t_lo, t_hi = self.temporal_levels
@@ -208,6 +207,7 @@ class DistillMethod(Method):
         self.sigmas = get_sigmas(cfg.steps, cfg.generator_shift)
         self.fm_loss = FlowMatchingLoss(NoiseLevels(cfg.noise_shift))
         self.dm_levels = NoiseLevels(cfg.noise_shift, cfg.dm_s_min, cfg.dm_s_max)
+        self.temporal_levels = NoiseLevels(1.0, *cfg.temporal_levels)  # uniform, not shifted
         if cfg.prepared:
             latent_cache.check_shape(self.cache, self.backbone.latent_shape(d.num_frames, *d.hw), cfg.prepared)
         else:
@@ -289,8 +289,7 @@ class DistillMethod(Method):
                 loss = loss + self.cfg.gan_generator_weight * gan
                 terms["gan/generator"] = gan.item()
             if self.cfg.lambda_temporal > 0:
-                lo, hi = self.cfg.temporal_levels
-                s_t = lo + (hi - lo) * rng.rand(x0_hat.shape[0], device=x0_hat.device)
+                s_t = self.temporal_levels(x0_hat.shape[0], x0_hat.device, rng)
                 fake = self.score(FAKE, cond) if self.cfg.temporal_target == "score_gap" else None
                 temporal, t_terms = temporal_teacher_loss(x0_hat, real, s_t, rng.randn_like(x0_hat), fake)
                 loss = loss + self.cfg.lambda_temporal * temporal
