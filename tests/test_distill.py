@@ -348,3 +348,16 @@ def test_temporal_values_are_rejected(tmp_path):
         resolve_method(tiny_cfg(tmp_path, **{"method.temporal_levels": [0.3, 0.1]}))
     with pytest.raises(ConfigError, match="temporal_target='fake' must be 'real' or 'score_gap'"):
         resolve_method(tiny_cfg(tmp_path, **{"method.temporal_target": "fake"}))
+
+
+def test_validation_of_an_ema_run_samples_the_averaged_weights_it_exports(tmp_path, tiny_pipeline_dir, monkeypatch):
+    import w2svd.methods.distill as distill
+
+    m = build_method(tiny_cfg(tmp_path, tiny_pipeline_dir, **{"method.ema_decay": 0.5}), torch.device("cpu"))
+    name, param = m.roles.named(GENERATOR)[0]
+    with torch.no_grad():
+        param.add_(1.0)  # the online weights move away from their average
+    seen = []
+    monkeypatch.setattr(distill, "write_validation_grid", lambda *a: seen.append(param.detach().clone()))
+    m.validate(1, tmp_path)
+    assert torch.equal(seen[0], m.ema.shadow[name]) and not torch.equal(seen[0], param)

@@ -375,11 +375,17 @@ class DistillMethod(Method):
             renoise=self.cfg.renoise,
         )
 
+    def averaged(self) -> contextlib.AbstractContextManager:
+        """Context in which the generator holds the weights the export writes (its EMA when ema_decay > 0)."""
+        return self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
+
     def validate(self, step: int, out_dir: Path) -> dict[str, float]:
-        write_validation_grid(self.sample, self.cfg.val_prompts, step, out_dir)
+        """Grid and metrics of the exported generator: with EMA on, of the averaged weights, not the online ones."""
         scores = {}
-        if self.cfg.val_metrics_n:
-            scores = validation_metrics(self.sample, self.cfg.val_metrics_n, step, out_dir, self.generator_updates)
+        with self.averaged():
+            write_validation_grid(self.sample, self.cfg.val_prompts, step, out_dir)
+            if self.cfg.val_metrics_n:
+                scores = validation_metrics(self.sample, self.cfg.val_metrics_n, step, out_dir, self.generator_updates)
         return scores
 
     def generator_meta(self) -> GeneratorMeta:
@@ -422,7 +428,7 @@ class DistillMethod(Method):
 
         Sharded: every process calls it and the one with ``write`` writes (see ``Roles.export``).
         """
-        with self.ema.swapped() if self.ema is not None else contextlib.nullcontext(), torch.no_grad():
+        with self.averaged(), torch.no_grad():
             self.roles.export(out_dir, self.generator_meta(), type(self.pipe), write)
         if write:
             log.info("exported %s", self.generator_meta().to_json())
