@@ -43,7 +43,7 @@ from w2svd.methods.validation import few_step_videos, validation_metrics, write_
 from w2svd.pipeline import MAX_CFG_SCALE
 from w2svd.sampling import get_sigmas
 from w2svd.training import sharding
-from w2svd.training.ema import EMA
+from w2svd.training.ema import EMA, averaged
 
 log = logging.getLogger(__name__)
 __all__ = ["FAKE", "GENERATOR", "REAL", "DistillConfig", "DistillMethod"]
@@ -377,7 +377,7 @@ class DistillMethod(Method):
 
     def averaged(self) -> contextlib.AbstractContextManager:
         """Context in which the generator holds the weights the export writes (its EMA when ema_decay > 0)."""
-        return self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
+        return averaged(self.ema)
 
     def validate(self, step: int, out_dir: Path) -> dict[str, float]:
         """Grid and metrics of the exported generator: with EMA on, of the averaged weights, not the online ones."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -26,7 +25,7 @@ from w2svd.losses import FlowMatchingLoss, NoiseLevels
 from w2svd.methods.base import Method, register
 from w2svd.models.text import build_clip_tokenizer, build_llama_tokenizer, build_text_encoders, caption_corpus
 from w2svd.sampling import get_sigmas, sample_euler, seeded_noise
-from w2svd.training.ema import EMA
+from w2svd.training.ema import EMA, averaged
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +145,7 @@ class FlowMatchingMethod(Method):
 
     def averaged(self):
         """Context in which the transformer holds its EMA weights (a no-op without EMA)."""
-        return self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
+        return averaged(self.ema)
 
     def train(self, mode: bool = True) -> None:
         self.transformer.train(mode)

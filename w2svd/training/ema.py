@@ -47,3 +47,8 @@ class EMA:
             with torch.no_grad():
                 for n, p in self.params.items():
                     p.copy_(backup[n])
+
+
+def averaged(ema: EMA | None) -> contextlib.AbstractContextManager:
+    """``ema.swapped()``, or a no-op when the run keeps no EMA: the weights that validation and export should see."""
+    return ema.swapped() if ema is not None else contextlib.nullcontext()
