@@ -11,7 +11,6 @@ Our reading of arXiv 2503.13319 (see README): the paper's equations were not ava
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -375,14 +374,10 @@ class DistillMethod(Method):
             renoise=self.cfg.renoise,
         )
 
-    def averaged(self) -> contextlib.AbstractContextManager:
-        """Context in which the generator holds the weights the export writes (its EMA when ema_decay > 0)."""
-        return averaged(self.ema)
-
     def validate(self, step: int, out_dir: Path) -> dict[str, float]:
         """Grid and metrics of the exported generator: with EMA on, of the averaged weights, not the online ones."""
         scores = {}
-        with self.averaged():
+        with averaged(self.ema):
             write_validation_grid(self.sample, self.cfg.val_prompts, step, out_dir)
             if self.cfg.val_metrics_n:
                 scores = validation_metrics(self.sample, self.cfg.val_metrics_n, step, out_dir, self.generator_updates)
@@ -428,7 +423,7 @@ class DistillMethod(Method):
 
         Sharded: every process calls it and the one with ``write`` writes (see ``Roles.export``).
         """
-        with self.averaged(), torch.no_grad():
+        with averaged(self.ema), torch.no_grad():
             self.roles.export(out_dir, self.generator_meta(), type(self.pipe), write)
         if write:
             log.info("exported %s", self.generator_meta().to_json())

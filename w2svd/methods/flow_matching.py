@@ -143,10 +143,6 @@ class FlowMatchingMethod(Method):
         if self.ema is not None:
             self.ema.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("ema::")})
 
-    def averaged(self):
-        """Context in which the transformer holds its EMA weights (a no-op without EMA)."""
-        return averaged(self.ema)
-
     def train(self, mode: bool = True) -> None:
         self.transformer.train(mode)
 
@@ -165,7 +161,7 @@ class FlowMatchingMethod(Method):
     def validate(self, step: int, out_dir: Path) -> dict[str, float]:
         from w2svd.methods.validation import write_validation_grid
 
-        with self.averaged():
+        with averaged(self.ema):
             sample = functools.partial(self.sample, steps=self.cfg.val_steps)
             write_validation_grid(sample, self.cfg.val_prompts, step, out_dir)
         return {}
@@ -177,7 +173,7 @@ class FlowMatchingMethod(Method):
         from w2svd.cards import base_card
 
         folder = out_dir / "pipeline"
-        with self.averaged():
+        with averaged(self.ema):
             self.pipe.to(getattr(torch, self.cfg.export_dtype))
             try:
                 self.pipe.save_pretrained(folder)
