@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from w2svd.benchmark import BenchmarkConfig, Grid, Plots, Row, markdown, run_benchmark, write_plots
@@ -117,3 +118,48 @@ def test_reuse_keeps_rows_measured_before_and_rescores_retrained_ones(tmp_path, 
     assert not any(r.get("reused") for r in fresh["rows"]) and fresh["heldout_seed"] == cfg.heldout_seed
     assert [r["fd_clip"] for r in fresh["rows"]] != [r["fd_clip"] for r in first["rows"]]
     assert f"drawn with heldout_seed {cfg.heldout_seed}" in (tmp_path / "b.md").read_text()
+
+
+def test_intervals_compare_rows_pair_by_pair_and_survive_reuse_only_with_matching_features(
+    tmp_path, tiny64_pipeline_dir
+):
+    from w2svd.benchmark import Intervals
+
+    cfg = BenchmarkConfig(
+        rows=[Row("real", "real"), Row("euler-1", "base", steps=1), Row("euler-2", "base", steps=2)],
+        base=str(tiny64_pipeline_dir),
+        reference="euler-2",
+        n=8,
+        batch_size=8,
+        out_md=str(tmp_path / "b.md"),
+        out_json=str(tmp_path / "b.json"),
+        reuse="unchanged",
+        intervals=Intervals(against=["euler-2"], resamples=100, cache=str(tmp_path / "features")),
+    )
+    first = {r["name"]: r for r in run_benchmark(cfg)["rows"]}
+    gaps = first["euler-1"]["intervals"]["euler-2"]
+    assert gaps["fd_clip"]["gap"] == pytest.approx(first["euler-1"]["fd_clip"] - first["euler-2"]["fd_clip"])
+    assert gaps["fd_clip"]["low"] <= gaps["fd_clip"]["high"]
+    assert "intervals" not in first["euler-2"] and "intervals" not in first["real"]  # no self-comparison
+    assert "| euler-1 | euler-2 |" in (tmp_path / "b.md").read_text()
+    second = {r["name"]: r for r in run_benchmark(cfg)["rows"]}
+    assert second["euler-1"]["reused"] and second["euler-1"]["intervals"]["euler-2"] == gaps  # from the cached features
+    for f in (tmp_path / "features").rglob("*.npz"):  # features of another measurement: no intervals, said so
+        z = dict(np.load(f))
+        np.savez(f, **{**z, "clip_features": z["clip_features"] + 1.0})
+    third = {r["name"]: r for r in run_benchmark(cfg)["rows"]}
+    assert third["euler-1"]["reused"] and "intervals" not in third["euler-1"]
+    assert "No intervals" in (tmp_path / "b.md").read_text()
+    cfg.remeasure = ["euler-1", "euler-2"]  # measured again: fresh features, the same figures and intervals
+    fourth = {r["name"]: r for r in run_benchmark(cfg)["rows"]}
+    assert not fourth["euler-1"].get("reused") and fourth["euler-1"]["intervals"]["euler-2"] == gaps
+
+
+def test_interval_and_remeasure_names_are_checked():
+    rows = [{"name": "a", "kind": "real"}]
+    with pytest.raises(ConfigError, match=r"intervals.against names \['b'\]"):
+        from_dict(BenchmarkConfig, {"rows": rows, "intervals": {"against": ["b"]}})
+    with pytest.raises(ConfigError, match=r"remeasure names \['b'\]"):
+        from_dict(BenchmarkConfig, {"rows": rows, "remeasure": ["b"]})
+    with pytest.raises(ConfigError, match="intervals.resamples=5"):
+        from_dict(BenchmarkConfig, {"rows": rows, "intervals": {"resamples": 5}})

@@ -22,9 +22,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="redraw the plots from out_json and the runs' validation metrics (e.g. while runs are still training)",
     )
+    ap.add_argument(
+        "--remeasure",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="measure this row again even if `reuse` would keep it (repeatable; the exact row name)",
+    )
     args = ap.parse_args(argv)
     try:
         cfg = load_config(BenchmarkConfig, args.config, args.overrides)
+        if args.remeasure:
+            cfg.remeasure = [*cfg.remeasure, *args.remeasure]
+            cfg.validate()
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ Writes a markdown table and a JSON file; every number is measured in the run tha
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import platform
 import time
@@ -17,8 +18,9 @@ import torch
 
 from w2svd.config import ConfigError
 from w2svd.data import HELDOUT_SEED, heldout_examples
-from w2svd.eval import metrics
+from w2svd.eval import intervals, metrics
 from w2svd.eval.features import load_feature_nets
+from w2svd.eval.intervals import PerClip, verdict
 from w2svd.eval.motion_regions import region_figures
 from w2svd.eval.temporal import ratio, summarise
 from w2svd.generator_meta import GeneratorMeta
@@ -75,6 +77,18 @@ class Plots:
 
 
 @dataclasses.dataclass
+class Intervals:
+    """Paired bootstrap intervals of every row's gaps to the rows named in ``against`` (w2svd.eval.intervals)."""
+
+    against: list[str] = dataclasses.field(default_factory=list)  # e.g. [base-28, w2svd-4 (shipped)]; []: off
+    resamples: int = 1000
+    level: float = 0.95
+    # folder for each measured row's per-pair features, so that a row kept by `reuse` still gets intervals;
+    # "": only the rows measured in this run get them
+    cache: str = ""
+
+
+@dataclasses.dataclass
 class BenchmarkConfig:
     rows: list[Row]
     base: str = "embedded"
@@ -95,6 +109,8 @@ class BenchmarkConfig:
     # rows whose weights no longer exist; "unchanged": those and every row whose weights are not newer than out_json
     # (sweeps scored as their runs finish, with no change to the sampling code in between)
     reuse: str = "none"
+    remeasure: list[str] = dataclasses.field(default_factory=list)  # rows measured again even if `reuse` keeps them
+    intervals: Intervals = dataclasses.field(default_factory=Intervals)
 
     def validate(self) -> None:
         names = [r.name for r in self.rows]
@@ -104,6 +120,17 @@ class BenchmarkConfig:
             raise ConfigError(f"reuse={self.reuse!r} must be 'none', 'gone' or 'unchanged'")
         if self.reference and self.reference not in names:
             raise ConfigError(f"reference={self.reference!r} is not a row name; rows: {names}")
+        unknown = [a for a in self.remeasure if a not in names]
+        if unknown:
+            raise ConfigError(f"remeasure names {unknown}, which are not row names; rows: {names}")
+        unknown = [a for a in self.intervals.against if a not in names]
+        if unknown:
+            raise ConfigError(f"intervals.against names {unknown}, which are not row names; rows: {names}")
+        if self.intervals.resamples < 100 or not 0.5 < self.intervals.level < 1:
+            raise ConfigError(
+                f"intervals.resamples={self.intervals.resamples} must be >= 100 and intervals.level="
+                f"{self.intervals.level} in (0.5, 1)"
+            )
 
 
 class TimedGenerator:
@@ -144,8 +171,9 @@ def training_info(run_dir: str) -> dict[str, Any]:
     return info
 
 
-def reusable_rows(cfg: BenchmarkConfig) -> dict[str, dict[str, Any]]:
-    """The rows of ``cfg.out_json`` (same n) that ``cfg.reuse`` keeps, by name."""
+def reusable_rows(cfg: BenchmarkConfig, remeasure: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The rows of ``cfg.out_json`` (same n) that ``cfg.reuse`` keeps, by name; rows named in ``remeasure`` are
+    measured again whatever ``reuse`` says."""
     path = Path(cfg.out_json)
     if cfg.reuse == "none" or not path.is_file():
         return {}
@@ -156,7 +184,7 @@ def reusable_rows(cfg: BenchmarkConfig) -> dict[str, dict[str, Any]]:
     kept = {}
     for entry in report["rows"]:
         row = rows.get(entry["name"])
-        if row is None or entry.get("missing") or entry.get("kind") != row.kind:
+        if row is None or entry.get("missing") or entry.get("kind") != row.kind or entry["name"] in (remeasure or []):
             continue
         weights = lora_file(row.lora) if row.kind == "lora" else Path(row.path) if row.kind == "transformer" else None
         gone = weights is not None and not weights.exists()
@@ -179,11 +207,16 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     reference = metrics.embed(reference_clips, nets)
     real_temporal = summarise(reference_clips)  # what motion and flicker should be, for these prompts
     results, samples = [], {}
-    earlier = reusable_rows(cfg)
+    per_clip: dict[str, PerClip] = {}  # rows with per-pair features, for the intervals
+    ref_pairs = PerClip.from_embedding(reference)
+    earlier = reusable_rows(cfg, cfg.remeasure)
     for row in cfg.rows:
         if row.name in earlier:
             results.append({**earlier[row.name], "reused": True})
-            print(f"{row.name}: kept from {cfg.out_json}")
+            cached = cached_features(cfg, row.name, earlier[row.name], ref_pairs)
+            if cached is not None:
+                per_clip[row.name] = cached
+            print(f"{row.name}: kept from {cfg.out_json}" + (" (with its per-pair features)" if cached else ""))
             continue
         if row.missing():
             results.append({"name": row.name, "kind": row.kind, "missing": True, "train": row.train})
@@ -201,7 +234,9 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
             fn = timed
         start = time.perf_counter()
         clips = metrics.generate_clips(fn, examples, cfg.batch_size)
-        scores = score(clips, examples, reference, nets)
+        scores, per_clip[row.name] = score(clips, examples, reference, nets)
+        if cfg.intervals.cache:
+            per_clip[row.name].save(feature_path(cfg, row.name), feature_meta(cfg, row.name, scores))
         entry: dict[str, Any] = {"name": row.name, "kind": row.kind, **scores, **training_info(row.run_dir)}
         if timed is not None:
             entry.update(
@@ -227,6 +262,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         if "denoise_s_per_video" in r and not r.get("reused"):  # a kept row keeps the speed-ups of its own run
             r["speedup_denoise"] = ref["denoise_s_per_video"] / r["denoise_s_per_video"]
             r["speedup_total"] = ref["total_s_per_video"] / r["total_s_per_video"]
+    add_intervals(cfg, results, per_clip, ref_pairs)
     for row, r in zip(cfg.rows, results):
         points = curve_points(row.run_dir)
         if points:  # kept in the JSON so the curve outlives the run folder (a reused row keeps its saved one)
@@ -238,6 +274,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         "heldout_seed": cfg.heldout_seed,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "reference": cfg.reference,
+        "intervals": dataclasses.asdict(cfg.intervals) if cfg.intervals.against else None,
         "real_temporal": real_temporal,
         "rows": results,
     }
@@ -271,18 +308,80 @@ def curve_points(run_dir: str) -> list[dict[str, float]]:
     return [{k: p[k] for k in CURVE_KEYS if k in p} for p in read_metrics(run_dir)]
 
 
-def score(clips: np.ndarray, examples, reference: metrics.Embedding, nets) -> dict[str, float]:
-    """FD against the reference real clips (same prompts, other render seeds) and prompt adherence."""
+def score(clips: np.ndarray, examples, reference: metrics.Embedding, nets) -> tuple[dict[str, float], PerClip]:
+    """FD against the reference real clips (same prompts, other render seeds) and prompt adherence, with the
+    per-pair features the figures come from."""
     gen_emb = metrics.embed(clips, nets)
     adh = metrics.adherence(gen_emb, examples, nets)
     regions = region_figures(clips, [e.portrait.label("motion") for e in examples])
-    return {
+    figures = {
         "fd_frame": metrics.fd_frame(gen_emb, reference, nets),
         "fd_clip": metrics.fd_clip(gen_emb, reference, nets),
         **{f"adherence/{k}": v for k, v in adh.items()},
         "motion_region": float(regions["right"].mean()),  # visible and in the prompted face region
         **{f"temporal/{k}": v for k, v in summarise(clips).items()},
     }
+    return figures, PerClip.from_embedding(gen_emb, regions["right"])
+
+
+def feature_path(cfg: BenchmarkConfig, name: str) -> Path:
+    """Where a row's per-pair features are cached: one file per row, under a folder named after out_json."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]  # two names that slug alike stay apart
+    return Path(cfg.intervals.cache) / Path(cfg.out_json).stem / f"{slug}-{digest}.npz"
+
+
+def feature_meta(cfg: BenchmarkConfig, name: str, scores: dict[str, Any]) -> dict[str, Any]:
+    """What cached features must match to stand for a row: the pairs and the row's measured FDs."""
+    return {
+        "name": name,
+        "n": cfg.n,
+        "heldout_seed": cfg.heldout_seed,
+        "fd_clip": round(float(scores["fd_clip"]), 6),
+        "fd_frame": round(float(scores["fd_frame"]), 6),
+    }
+
+
+def cached_features(cfg: BenchmarkConfig, name: str, entry: dict[str, Any], ref_pairs: PerClip) -> PerClip | None:
+    """A kept row's cached features, if they are the ones its kept figures were computed from (checked again by
+    recomputing its FDs from them), else None."""
+    if not cfg.intervals.cache or "fd_clip" not in entry or "fd_frame" not in entry:
+        return None
+    found = PerClip.load(feature_path(cfg, name), feature_meta(cfg, name, entry))
+    if found is None or len(found) != len(ref_pairs):
+        return None
+    again = found.figures(ref_pairs)
+    same = all(
+        np.isclose(again[k], entry[k], rtol=1e-4) for k in ("fd_clip", "fd_frame", "motion_region") if k in entry
+    )
+    return found if same else None
+
+
+def add_intervals(
+    cfg: BenchmarkConfig, results: list[dict[str, Any]], per_clip: dict[str, PerClip], ref_pairs: PerClip
+) -> None:
+    """entry["intervals"][against] = the paired bootstrap gaps of the row to that row (both need features)."""
+    spec, memo = cfg.intervals, {}
+
+    def figures(name: str) -> tuple[dict[str, float], dict[str, np.ndarray]]:  # each row resampled once
+        if name not in memo:
+            memo[name] = (
+                per_clip[name].figures(ref_pairs),
+                intervals.resampled(per_clip[name], ref_pairs, spec.resamples),
+            )
+        return memo[name]
+
+    for r in results:
+        r.pop("intervals", None)  # a kept row's intervals are recomputed or dropped, never carried over stale
+        if r["name"] not in per_clip or r.get("kind") == "real":
+            continue
+        gaps = {}
+        for other in spec.against:
+            if other != r["name"] and other in per_clip:
+                (full_a, draws_a), (full_b, draws_b) = figures(r["name"]), figures(other)
+                gaps[other] = intervals.gaps(full_a, full_b, draws_a, draws_b, spec.level)
+        if gaps:
+            r["intervals"] = gaps
 
 
 COLUMNS = [
@@ -346,10 +445,54 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("|" + "---|" * (len(extra) + 1))
         for r in rows:
             lines.append(f"| {r['name']} | " + " | ".join(f"{r[k]:.1%}" for k in extra) + " |")
+    lines += interval_lines(report, rows)
     if missing:
         lines += ["", "Rows not trained yet when this table was made (train them, then re-run the command):", ""]
         lines += [f"- {r['name']}: `{r['train']}`" for r in missing]
     return "\n".join(lines) + "\n"
+
+
+def interval_lines(report: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """The paired bootstrap table: one line per (row, row it is compared with)."""
+    spec = report.get("intervals")
+    pairs = [(r, other, gaps) for r in rows for other, gaps in r.get("intervals", {}).items()]
+    if not spec:
+        return []
+
+    def cell(gap: dict[str, float], scale: float, fmt: str, higher: bool) -> str:
+        g, lo, hi = (gap[k] * scale for k in ("gap", "low", "high"))
+        return f"{g:{fmt}} [{lo:{fmt}}, {hi:{fmt}}] {verdict(gap, higher)}"
+
+    level = f"{spec['level']:.0%}"
+    lines = (
+        []
+        if not pairs
+        else [
+            "",
+            f"Paired bootstrap gaps ({spec['resamples']} resamples of the {report['n']} pairs, {level} intervals; "
+            "w2svd.eval.intervals): the row minus the one it is compared with, so a negative FD gap and a positive "
+            "region gap favour the row. *within noise*: the interval holds 0, so the gap is not told apart from the "
+            "draw of pairs (the intervals do not cover training's run-to-run swing).",
+            "",
+            "| method | against | FD-clip gap | FD-frame gap | motion in region gap (points) |",
+            "|---|---|---|---|---|",
+        ]
+    )
+    for r, other, gaps in pairs:
+        lines.append(
+            f"| {r['name']} | {other} | {cell(gaps['fd_clip'], 1, '+.1f', False)} | "
+            f"{cell(gaps['fd_frame'], 1, '+.1f', False)} | {cell(gaps['motion_region'], 100, '+.1f', True)} |"
+        )
+    absent = [
+        r["name"] for r in rows if "intervals" not in r and r.get("kind") != "real" and r["name"] not in spec["against"]
+    ]
+    if absent:
+        lines += [
+            "",
+            "No intervals for: " + "; ".join(absent) + " (kept from an earlier run without matching per-pair "
+            "features, here or in the rows compared with; `--remeasure NAME` measures a row again).",
+        ]
+    return lines
 
 
 def write_outputs(cfg: BenchmarkConfig, report: dict[str, Any], samples: dict[str, np.ndarray], examples) -> None:
