@@ -77,6 +77,20 @@ def test_a_run_folder_still_training_is_not_trained_yet(tmp_path):
     assert not Row("hub", "lora", lora="org/lora").missing()  # nothing to train: a Hub id
 
 
+def test_a_run_folder_a_live_trainer_holds_is_still_training_whatever_it_holds(tmp_path):
+    from w2svd.lora import WEIGHT_NAME
+    from w2svd.training.run_folder import RunLock
+
+    run = tmp_path / "copy"  # a finished run copied to train on: its earlier export is there
+    run.mkdir()
+    (run / WEIGHT_NAME).write_bytes(b"")
+    row = Row("w2svd", "lora", lora=str(run), run_dir=str(run), train="python training/run.py ...")
+    assert not row.missing() and not row.training()
+    with RunLock(run):
+        assert row.training() and row.missing()
+    assert not row.missing()  # the lock is dropped with the run
+
+
 def test_the_sweep_rule_says_helps_hurts_or_neutral():
     import importlib.util
     from pathlib import Path

@@ -26,6 +26,7 @@ from w2svd.eval.temporal import ratio, summarise
 from w2svd.generator_meta import GeneratorMeta
 from w2svd.lora import WEIGHT_NAME, lora_file
 from w2svd.pipeline import GENERATOR_META, MAX_CFG_SCALE, VideoGenerator
+from w2svd.training.run_folder import in_use
 
 
 @dataclasses.dataclass
@@ -51,12 +52,17 @@ class Row:
         if self.kind == "transformer" and not self.path:
             raise ConfigError(f"rows[{self.name}] has kind=transformer but no `path` (the run folder)")
 
+    def training(self) -> bool:
+        """A training run holds the row's folder now: its weights (an earlier export, or a copy's) are not final."""
+        folders = {Path(f) for f in (self.lora if self.kind == "lora" else self.path, self.run_dir) if f}
+        return any(in_use(f) or in_use(f.parent) for f in folders if f.is_dir())
+
     def missing(self) -> bool:
         """A trained row whose weights are not there yet; a run folder that is still training counts as missing."""
         if not self.train or self.kind not in ("lora", "transformer"):
             return False
         target = Path(self.lora if self.kind == "lora" else self.path)
-        if not target.exists():
+        if not target.exists() or self.training():
             return True
         if self.kind == "lora":
             return target.is_dir() and not (target / WEIGHT_NAME).is_file()
@@ -220,7 +226,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
             continue
         if row.missing():
             results.append({"name": row.name, "kind": row.kind, "missing": True, "train": row.train})
-            print(f"{row.name}: not trained yet, skipped ({row.train})")
+            state = "still training" if row.training() else "not trained yet"
+            print(f"{row.name}: {state}, skipped ({row.train})")
             continue
         if row.kind == "real":
             fn: metrics.GenerateFn = metrics.real_generator(examples)
