@@ -106,17 +106,23 @@ def test_the_sweep_rule_says_helps_hurts_or_neutral():
     assert judge.verdict({**base, "motion_vs_real": 1.38}, base)[0] == "neutral"
 
 
-def test_reuse_keeps_rows_measured_before_and_rescores_retrained_ones(tmp_path, tiny64_pipeline_dir):
-    cfg = BenchmarkConfig(
-        rows=[Row("real", "real"), Row("euler-1", "base", steps=1)],
-        base=str(tiny64_pipeline_dir),
-        reference="euler-1",
-        n=4,
-        batch_size=4,
+def reused_config(tmp_path, base_dir, rows: list[Row], n: int, **kw) -> BenchmarkConfig:
+    """A benchmark of ``rows`` on ``n`` pairs writing into tmp_path, keeping unchanged rows (``reuse``)."""
+    return BenchmarkConfig(
+        rows=rows,
+        base=str(base_dir),
+        n=n,
+        batch_size=n,
         out_md=str(tmp_path / "b.md"),
         out_json=str(tmp_path / "b.json"),
         reuse="unchanged",
+        **kw,
     )
+
+
+def test_reuse_keeps_rows_measured_before_and_rescores_retrained_ones(tmp_path, tiny64_pipeline_dir):
+    rows = [Row("real", "real"), Row("euler-1", "base", steps=1)]
+    cfg = reused_config(tmp_path, tiny64_pipeline_dir, rows, n=4, reference="euler-1")
     first = run_benchmark(cfg)
     second = run_benchmark(cfg)
     assert all(r["reused"] for r in second["rows"])
@@ -139,17 +145,9 @@ def test_intervals_compare_rows_pair_by_pair_and_survive_reuse_only_with_matchin
 ):
     from w2svd.benchmark import Intervals
 
-    cfg = BenchmarkConfig(
-        rows=[Row("real", "real"), Row("euler-1", "base", steps=1), Row("euler-2", "base", steps=2)],
-        base=str(tiny64_pipeline_dir),
-        reference="euler-2",
-        n=8,
-        batch_size=8,
-        out_md=str(tmp_path / "b.md"),
-        out_json=str(tmp_path / "b.json"),
-        reuse="unchanged",
-        intervals=Intervals(against=["euler-2"], resamples=100, cache=str(tmp_path / "features")),
-    )
+    rows = [Row("real", "real"), Row("euler-1", "base", steps=1), Row("euler-2", "base", steps=2)]
+    spec = Intervals(against=["euler-2"], resamples=100, cache=str(tmp_path / "features"))
+    cfg = reused_config(tmp_path, tiny64_pipeline_dir, rows, n=8, reference="euler-2", intervals=spec)
     first = {r["name"]: r for r in run_benchmark(cfg)["rows"]}
     gaps = first["euler-1"]["intervals"]["euler-2"]
     assert gaps["fd_clip"]["gap"] == pytest.approx(first["euler-1"]["fd_clip"] - first["euler-2"]["fd_clip"])
@@ -177,3 +175,16 @@ def test_interval_and_remeasure_names_are_checked():
         from_dict(BenchmarkConfig, {"rows": rows, "remeasure": ["b"]})
     with pytest.raises(ConfigError, match="intervals.resamples=5"):
         from_dict(BenchmarkConfig, {"rows": rows, "intervals": {"resamples": 5}})
+
+
+def test_eval_cli_checks_remeasure_names(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("eval_cli", Path(__file__).parents[1] / "training" / "eval.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    config = tmp_path / "b.yaml"
+    config.write_text(f"rows: [{{name: real, kind: real}}]\nout_md: {tmp_path}/b.md\nout_json: {tmp_path}/b.json\n")
+    assert cli.main(["--config", str(config), "--remeasure", "rael"]) == 2  # a typo: no run, a clear error
+    assert "remeasure names ['rael'], which are not row names" in capsys.readouterr().err

@@ -55,7 +55,9 @@ class Row:
     def training(self) -> bool:
         """A training run holds the row's folder now: its weights (an earlier export, or a copy's) are not final."""
         folders = {Path(f) for f in (self.lora if self.kind == "lora" else self.path, self.run_dir) if f}
-        return any(in_use(f) or in_use(f.parent) for f in folders if f.is_dir())
+        if self.kind == "transformer":  # `path` may name the run folder's transformer/ subfolder
+            folders |= {f.parent for f in folders if f.name == "transformer"}
+        return any(in_use(f) for f in folders if f.is_dir())
 
     def missing(self) -> bool:
         """A trained row whose weights are not there yet; a run folder that is still training counts as missing."""
@@ -92,6 +94,12 @@ class Intervals:
     # folder for each measured row's per-pair features, so that a row kept by `reuse` still gets intervals;
     # "": only the rows measured in this run get them
     cache: str = ""
+
+    def validate(self) -> None:
+        if self.resamples < 100 or not 0.5 < self.level < 1:
+            raise ConfigError(
+                f"intervals.resamples={self.resamples} must be >= 100 and intervals.level={self.level} in (0.5, 1)"
+            )
 
 
 @dataclasses.dataclass
@@ -132,11 +140,6 @@ class BenchmarkConfig:
         unknown = [a for a in self.intervals.against if a not in names]
         if unknown:
             raise ConfigError(f"intervals.against names {unknown}, which are not row names; rows: {names}")
-        if self.intervals.resamples < 100 or not 0.5 < self.intervals.level < 1:
-            raise ConfigError(
-                f"intervals.resamples={self.intervals.resamples} must be >= 100 and intervals.level="
-                f"{self.intervals.level} in (0.5, 1)"
-            )
 
 
 class TimedGenerator:
@@ -177,8 +180,8 @@ def training_info(run_dir: str) -> dict[str, Any]:
     return info
 
 
-def reusable_rows(cfg: BenchmarkConfig, remeasure: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """The rows of ``cfg.out_json`` (same n) that ``cfg.reuse`` keeps, by name; rows named in ``remeasure`` are
+def reusable_rows(cfg: BenchmarkConfig) -> dict[str, dict[str, Any]]:
+    """The rows of ``cfg.out_json`` (same n) that ``cfg.reuse`` keeps, by name; rows named in ``cfg.remeasure`` are
     measured again whatever ``reuse`` says."""
     path = Path(cfg.out_json)
     if cfg.reuse == "none" or not path.is_file():
@@ -190,7 +193,7 @@ def reusable_rows(cfg: BenchmarkConfig, remeasure: list[str] | None = None) -> d
     kept = {}
     for entry in report["rows"]:
         row = rows.get(entry["name"])
-        if row is None or entry.get("missing") or entry.get("kind") != row.kind or entry["name"] in (remeasure or []):
+        if row is None or entry.get("missing") or entry.get("kind") != row.kind or row.name in cfg.remeasure:
             continue
         weights = lora_file(row.lora) if row.kind == "lora" else Path(row.path) if row.kind == "transformer" else None
         gone = weights is not None and not weights.exists()
@@ -215,7 +218,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     results, samples = [], {}
     per_clip: dict[str, PerClip] = {}  # rows with per-pair features, for the intervals
     ref_pairs = PerClip.from_embedding(reference)
-    earlier = reusable_rows(cfg, cfg.remeasure)
+    earlier = reusable_rows(cfg)
     for row in cfg.rows:
         if row.name in earlier:
             results.append({**earlier[row.name], "reused": True})
