@@ -141,10 +141,12 @@ def test_reuse_keeps_rows_measured_before_and_rescores_retrained_ones(tmp_path, 
 
 
 def test_intervals_compare_rows_pair_by_pair_and_survive_reuse_only_with_matching_features(
-    tmp_path, tiny64_pipeline_dir
+    tmp_path, tiny64_pipeline_dir, monkeypatch
 ):
+    from w2svd import benchmark
     from w2svd.benchmark import Intervals
 
+    real_resampled = benchmark.intervals.resampled
     rows = [Row("real", "real"), Row("euler-1", "base", steps=1), Row("euler-2", "base", steps=2)]
     spec = Intervals(against=["euler-2"], resamples=100, cache=str(tmp_path / "features"))
     cfg = reused_config(tmp_path, tiny64_pipeline_dir, rows, n=8, reference="euler-2", intervals=spec)
@@ -154,9 +156,17 @@ def test_intervals_compare_rows_pair_by_pair_and_survive_reuse_only_with_matchin
     assert gaps["fd_clip"]["low"] <= gaps["fd_clip"]["high"]
     assert "intervals" not in first["euler-2"] and "intervals" not in first["real"]  # no self-comparison
     assert "| euler-1 | euler-2 |" in (tmp_path / "b.md").read_text()
+    drawn = []
+    monkeypatch.setattr(benchmark.intervals, "resampled", lambda *a, **k: drawn.append(1) or real_resampled(*a, **k))
     second = {r["name"]: r for r in run_benchmark(cfg)["rows"]}
     assert second["euler-1"]["reused"] and second["euler-1"]["intervals"]["euler-2"] == gaps  # from the cached features
+    assert drawn == []  # and the cached draws: nothing resampled again
+    cfg.intervals.resamples = 120  # another number of draws: drawn again
+    assert len(second) == len(run_benchmark(cfg)["rows"]) and len(drawn) == 2
+    cfg.intervals.resamples = 100
     for f in (tmp_path / "features").rglob("*.npz"):  # features of another measurement: no intervals, said so
+        if ".draws" in f.name:  # the cached draws of the features (tested above)
+            continue
         z = dict(np.load(f))
         np.savez(f, **{**z, "clip_features": z["clip_features"] + 1.0})
     third = {r["name"]: r for r in run_benchmark(cfg)["rows"]}

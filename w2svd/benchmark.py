@@ -367,17 +367,51 @@ def cached_features(cfg: BenchmarkConfig, name: str, entry: dict[str, Any], ref_
     return found if same else None
 
 
+def cached_draws(
+    cfg: BenchmarkConfig, entry: dict[str, Any], row: PerClip, ref_pairs: PerClip
+) -> dict[str, np.ndarray]:
+    """The row's resampled figures (intervals.resampled), from the cache next to its features when they were drawn
+    from the same figures with the same number of resamples, else drawn now (and cached, with ``intervals.cache``).
+    Resampling is most of an eval pass's time when nearly every row is kept."""
+    spec = cfg.intervals
+    if not spec.cache or "fd_clip" not in entry or "fd_frame" not in entry:
+        return intervals.resampled(row, ref_pairs, spec.resamples)
+    path = feature_path(cfg, entry["name"]).with_suffix(f".draws{spec.resamples}.npz")
+    meta = json.dumps(
+        {
+            **feature_meta(cfg, entry["name"], entry),
+            "motion_region": round(float(row.right.mean()), 6),
+            "resamples": spec.resamples,
+        },
+        sort_keys=True,
+    )
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            draws = {k: z[k] for k in intervals.METRICS}
+            if str(z["meta"]) == meta and all(v.shape == (spec.resamples,) for v in draws.values()):
+                return draws
+    except (OSError, ValueError, KeyError):
+        pass
+    draws = intervals.resampled(row, ref_pairs, spec.resamples)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, meta=np.array(meta), **draws)
+    tmp.replace(path)
+    return draws
+
+
 def add_intervals(
     cfg: BenchmarkConfig, results: list[dict[str, Any]], per_clip: dict[str, PerClip], ref_pairs: PerClip
 ) -> None:
     """entry["intervals"][against] = the paired bootstrap gaps of the row to that row (both need features)."""
     spec, memo = cfg.intervals, {}
+    entries = {r["name"]: r for r in results}
 
     def figures(name: str) -> tuple[dict[str, float], dict[str, np.ndarray]]:  # each row resampled once
         if name not in memo:
             memo[name] = (
                 per_clip[name].figures(ref_pairs),
-                intervals.resampled(per_clip[name], ref_pairs, spec.resamples),
+                cached_draws(cfg, entries[name], per_clip[name], ref_pairs),
             )
         return memo[name]
 
