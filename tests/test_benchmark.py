@@ -106,6 +106,40 @@ def test_the_sweep_rule_says_helps_hurts_or_neutral():
     assert judge.verdict({**base, "motion_vs_real": 1.38}, base)[0] == "neutral"
 
 
+def test_ship_rule_reads_the_intervals_and_the_point_bars():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("ship", Path(__file__).parents[1] / "tools" / "ship_rule.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    base = {"fd_clip": 550.0, "fd_frame": 128.0, "adherence/appearance_mean": 0.874}
+
+    def gap(g, lo, hi):
+        return {"gap": g, "low": lo, "high": hi}
+
+    # FD-clip worse than the shipped LoRA by the point figure but within noise: allowed
+    def row(
+        region_vs_shipped=gap(0.08, 0.03, 0.13), region_vs_base=gap(-0.01, -0.05, 0.03), clip=gap(20, -40, 80), **kw
+    ):
+        figures = {"fd_clip": 530.0, "fd_frame": 120.0, "motion_vs_real": 1.02, "flicker_vs_base": 0.98}
+        figures["adherence/appearance_mean"] = 0.870
+        intervals = {
+            ship.SHIPPED: {"motion_region": region_vs_shipped, "fd_clip": clip},
+            ship.BASE: {"motion_region": region_vs_base},
+        }
+        return {**figures, "intervals": intervals, **kw}
+
+    assert ship.failures(row(), base) == []
+    assert "region not better than shipped" in ship.failures(row(gap(0.04, -0.01, 0.09)), base)[0]
+    assert "region worse than base" in ship.failures(row(region_vs_base=gap(-0.08, -0.13, -0.02)), base)[0]
+    assert "FD-clip worse than shipped" in ship.failures(row(clip=gap(70, 10, 130)), base)[0]
+    assert "attributes" in ship.failures(row(**{"adherence/appearance_mean": 0.86}), base)[0]
+    assert "FD-frame 130.0 > base" in ship.failures(row(fd_frame=130.0), base)[0]
+    assert "motion 1.20x" in ship.failures(row(motion_vs_real=1.2), base)[0]
+    assert "no intervals" in ship.failures({**row(), "intervals": {}}, base)[0]
+
+
 def reused_config(tmp_path, base_dir, rows: list[Row], n: int, **kw) -> BenchmarkConfig:
     """A benchmark of ``rows`` on ``n`` pairs writing into tmp_path, keeping unchanged rows (``reuse``)."""
     return BenchmarkConfig(
