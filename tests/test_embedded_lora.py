@@ -33,7 +33,11 @@ def test_shipped_lora_has_its_metadata_card_and_only_lora_keys():
         assert all("lora" in k for k in f.keys())
     card = (LORA / "README.md").read_text()
     assert "load_lora_weights" in card and str(sigmas[:-1]) in card and "base_model:" in card
-    assert "torch.manual_seed(seed + 1)" in card and "manual_seed(seed)," in card  # as stock_few_step_video does
+    assert "manual_seed(seed)," in card
+    if meta["renoise"]:  # the re-noising generator, seeded as stock_few_step_video seeds it
+        assert "torch.manual_seed(seed + 1)" in card and "stochastic_sampling=True" in card
+    else:  # deterministic Euler steps: no second generator
+        assert "stochastic_sampling=False" in card and "seed + 1" not in card
     assert (LORA / WEIGHT_NAME).stat().st_size < 5e6
 
 

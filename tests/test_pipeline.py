@@ -208,7 +208,11 @@ def test_the_lora_card_names_a_guided_teacher():
     size = {"height": 64, "width": 64, "num_frames": 9}
     assert "classifier-free guidance" not in lora_card(meta, "base", "lora", size)
     card = lora_card(dataclasses.replace(meta, real_cfg_scale=2.0), "base", "lora", size)
-    assert "Distilled from the base sampled with classifier-free guidance 2" in card
+    assert "Distilled from the base sampled with classifier-free guidance 2 (the real score" in card
+    banded = dataclasses.replace(meta, real_cfg_scale=1.5, training={"real_cfg_levels": [0.4, 0.75]})
+    assert "guidance 1.5 at the distribution-matching noise levels 0.4-0.75, 1 elsewhere" in lora_card(
+        banded, "base", "lora", size
+    )
 
 
 # ---- weights validated on load (issue 18) ----------------------------------------------------------------------

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 BASE = "base-28"
-SHIPPED = "w2svd-4 (shipped)"
+SHIPPED = "u_shift1_1000: shift 1, 1,000 updates (shipped until the twentieth sitting)"  # the LoRA shipped when temporal20 was written
 MOTION_RANGE = (0.85, 1.15)  # motion (x real)
 FLICKER_MAX = 1.2  # flicker (x base)
 ATTRIBUTE_POINTS = 0.01  # attributes may be this far below the base's

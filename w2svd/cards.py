@@ -86,8 +86,15 @@ def teacher_note(meta: GeneratorMeta) -> list[str]:
     cfg = meta.real_cfg_scale
     if cfg == 1.0:
         return []
+    levels = meta.training.get("real_cfg_levels")  # a guidance interval: guided only at these noise levels
+    where = (
+        f" at the distribution-matching noise levels {levels[0]:g}-{levels[1]:g}, "
+        f"{meta.training.get('real_cfg_outside_scale', 1.0):g} elsewhere"
+        if levels
+        else ""
+    )
     return [
-        f"Distilled from the base sampled with classifier-free guidance {cfg:g} (the real score is guided): the",
+        f"Distilled from the base sampled with classifier-free guidance {cfg:g}{where} (the real score is guided): the",
         "LoRA needs no guidance of its own, one transformer call per step.",
     ]
 
